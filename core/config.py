@@ -1,0 +1,96 @@
+"""GPT-2/GPT-3 model shapes and the llm.c parameter table.
+
+Size letters used throughout: B batch, T time (sequence), C channels, V vocab, Vp padded vocab,
+L layers, NH heads, HS head size (C // NH).
+"""
+
+from dataclasses import dataclass
+
+from llmc.core.errors import LlmcError
+
+GPT2_EOT = 50256
+GPT2_VOCAB = 50257
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    max_seq_len: int  # maxT, positions in wpe
+    vocab_size: int  # V, real tokens
+    padded_vocab_size: int  # Vp, V rounded up to a multiple of 128 (zero rows in wte)
+    num_layers: int  # L
+    num_heads: int  # NH
+    channels: int  # C
+
+    def __post_init__(self):
+        fields = (self.max_seq_len, self.vocab_size, self.padded_vocab_size, self.num_layers, self.num_heads, self.channels)
+        if min(fields) <= 0:
+            raise LlmcError(f"model config has a non-positive size: {self}")
+        if self.channels % self.num_heads:
+            raise LlmcError(f"channels {self.channels} not divisible by heads {self.num_heads}")
+        if self.padded_vocab_size < self.vocab_size:
+            raise LlmcError(f"padded vocab {self.padded_vocab_size} < vocab {self.vocab_size}")
+
+
+def pad_vocab(vocab_size: int, multiple: int = 128) -> int:
+    return (vocab_size + multiple - 1) // multiple * multiple
+
+
+def param_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """llm.c's parameter tensors in file order; each is one block over all layers."""
+    Vp, C, L, maxT = cfg.padded_vocab_size, cfg.channels, cfg.num_layers, cfg.max_seq_len
+    return {
+        "wte": (Vp, C),
+        "wpe": (maxT, C),
+        "ln1w": (L, C),
+        "ln1b": (L, C),
+        "qkvw": (L, 3 * C, C),
+        "qkvb": (L, 3 * C),
+        "attprojw": (L, C, C),
+        "attprojb": (L, C),
+        "ln2w": (L, C),
+        "ln2b": (L, C),
+        "fcw": (L, 4 * C, C),
+        "fcb": (L, 4 * C),
+        "fcprojw": (L, C, 4 * C),
+        "fcprojb": (L, C),
+        "lnfw": (C,),
+        "lnfb": (C,),
+    }
+
+
+# the 2-D weights (matmul weights and embeddings): the only tensors that get weight decay
+DECAYED_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
+
+
+def num_parameters(cfg: GPTConfig) -> int:
+    total = 0
+    for shape in param_shapes(cfg).values():
+        n = 1
+        for s in shape:
+            n *= s
+        total += n
+    return total
+
+
+# llm.c's gpt2_set_hyperparameters: depth -> (channels, heads)
+GPT2_DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25),
+               60: (1920, 30), 72: (2880, 30), 84: (3456, 36)}
+# llm.c's gpt3_set_hyperparameters: channels -> (depth, head size)
+GPT3_CHANNELS = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 2048: (24, 128),
+                 2560: (32, 80), 4096: (32, 128), 5140: (40, 128), 12288: (96, 128)}
+
+
+def config_from_descriptor(descriptor: str) -> GPTConfig:
+    """`d12`, `gpt2:d12` or `gpt3:c768`, as llm.c's gpt_build_from_descriptor."""
+    try:
+        if descriptor.startswith("gpt3:c"):
+            C = int(descriptor[6:])
+            L, HS = GPT3_CHANNELS[C]
+            return GPTConfig(2048, GPT2_VOCAB, pad_vocab(GPT2_VOCAB), L, C // HS, C)
+        depth = descriptor[6:] if descriptor.startswith("gpt2:d") else descriptor[1:] if descriptor.startswith("d") else None
+        C, NH = GPT2_DEPTHS[int(depth)]
+        return GPTConfig(1024, GPT2_VOCAB, pad_vocab(GPT2_VOCAB), int(depth), NH, C)
+    except (KeyError, ValueError, TypeError):
+        raise LlmcError(
+            f"unsupported model descriptor {descriptor!r}: use d6|d12|d24|d36|d48|d60|d72|d84, "
+            f"gpt3:c384|c768|c1024|c1536|c2048|c2560|c4096|c5140|c12288, or a .bin checkpoint") from None

@@ -1,0 +1,104 @@
+"""The primitive set every backend implements: `llmc.core.cpu` (NumPy, fp32, the reference) and
+`llmc.core.gpu` (CuPy, bf16). The model and training loop in `llmc.core` are written once
+against this set; a backend is a module providing exactly these names with these signatures
+(tests/core/test_primitives.py checks both).
+
+Conventions, as llm.c: outputs first, then inputs. Parameter gradients accumulate (`+=`),
+activation gradients overwrite (`=`), except `layernorm_backward`'s dinp, which accumulates into
+the residual-stream gradient that every block shares (the residual's own backward is the
+identity, so the loop needs no residual_backward). Arrays are the backend's (numpy.ndarray or
+cupy.ndarray): parameters, gradients and activations in `act_dtype` (fp32 on CPU, bf16 on GPU),
+layernorm statistics, losses and optimizer state always fp32, tokens int32.
+Shapes: B batch, T time, C channels, OC output channels, NH heads, V vocab, Vp padded vocab.
+"""
+
+from typing import Any, Protocol
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+
+class Primitives(Protocol):
+    # ------------------------------------------------------------------ backend description
+    name: str  # "cpu" or "gpu"
+    xp: Any  # the array module: numpy or cupy
+    act_dtype: Any  # dtype of parameters, gradients and activations
+
+    def to_device(self, host: Array, dtype: Any = None) -> Array:
+        """Copy a NumPy array to the backend (converting to dtype, default: same dtype)."""
+
+    def to_host(self, arr: Array) -> Array:
+        """Copy to a NumPy array; bf16 becomes fp32."""
+
+    def synchronize(self) -> None:
+        """Wait for all queued work (no-op on CPU)."""
+
+    def attention_stats_shape(self, B: int, T: int, NH: int) -> tuple[int, ...]:
+        """Shape of the fp32 state attention_forward saves for backward
+        (CPU: the attention probabilities (B, NH, T, T); GPU: softmax log-sum-exp (B, NH, T))."""
+
+    # ------------------------------------------------------------------ the layers
+    def encoder_forward(self, out: Array, inp: Array, wte: Array, wpe: Array) -> None:
+        """out (B,T,C) = wte[inp] + wpe[:T]; inp (B,T) int32."""
+
+    def encoder_backward(self, dwte: Array, dwpe: Array, dout: Array, inp: Array) -> None:
+        """dwte[inp] += dout; dwpe[:T] += dout summed over B."""
+
+    def layernorm_forward(self, out: Array, mean: Array, rstd: Array, inp: Array, weight: Array, bias: Array) -> None:
+        """out (B,T,C) = (inp - mean) * rstd * weight + bias, eps 1e-5; saves mean, rstd (B,T)."""
+
+    def residual_forward(self, out: Array, inp1: Array, inp2: Array) -> None:
+        """out = inp1 + inp2."""
+
+    def residual_layernorm_forward(self, residual: Array, out: Array, mean: Array, rstd: Array,
+                                   inp1: Array, inp2: Array, weight: Array, bias: Array) -> None:
+        """residual = inp1 + inp2, then layernorm_forward(out, mean, rstd, residual, weight, bias)."""
+
+    def layernorm_backward(self, dinp: Array, dweight: Array, dbias: Array, dout: Array, inp: Array,
+                           weight: Array, mean: Array, rstd: Array) -> None:
+        """dinp += dL/dinp; dweight += ...; dbias += ... (all accumulate)."""
+
+    def matmul_forward(self, out: Array, inp: Array, weight: Array, bias: Array | None,
+                       pre_gelu: Array | None = None) -> None:
+        """out (N,OC) = inp (N,C) @ weight(OC,C).T + bias(OC) (N = B*T; bias may be None).
+        With pre_gelu: pre_gelu = that product and out = gelu(pre_gelu) (the fused epilogue)."""
+
+    def matmul_backward(self, dinp: Array, dweight: Array, dbias: Array | None, dout: Array, inp: Array,
+                        weight: Array, pre_gelu: Array | None = None) -> None:
+        """dinp (N,C) = dout (N,OC) @ weight; dweight += dout.T @ inp; dbias += dout summed over N.
+        With pre_gelu (inp was gelu(pre_gelu)): dinp is then multiplied by gelu'(pre_gelu), giving
+        the gradient with respect to pre_gelu."""
+
+    def gelu_forward(self, out: Array, inp: Array) -> None:
+        """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+
+    def gelu_backward(self, dinp: Array, inp: Array, dout: Array) -> None:
+        """dinp = gelu'(inp) * dout (dinp may be dout itself)."""
+
+    def attention_forward(self, out: Array, stats: Array, qkv: Array, num_heads: int) -> None:
+        """Causal multi-head attention, scale 1/sqrt(HS). qkv (B,T,3C) holds q, k, v side by side,
+        out (B,T,C); stats (attention_stats_shape) is saved for backward."""
+
+    def attention_backward(self, dqkv: Array, dout: Array, qkv: Array, out: Array, stats: Array,
+                           num_heads: int) -> None:
+        """dqkv (B,T,3C) = gradient of attention_forward given dout (B,T,C)."""
+
+    def softmax_crossentropy(self, losses: Array, logits: Array, targets: Array, vocab_size: int,
+                             dloss: float | None = None) -> None:
+        """losses (B,T) fp32 = -log softmax(logits[..., :V])[target]; logits (B,T,Vp).
+        With dloss (the gradient of the mean loss per position, 1/(B*T*grad_accum)): logits are
+        overwritten in place with dlogits = (softmax - onehot) * dloss, padded columns zero."""
+
+    # ------------------------------------------------------------------ the optimizer
+    def global_norm_squared(self, out: Array, grads: Array) -> None:
+        """out (1,) fp32 = sum of grads**2 (grads flat); the host takes its square root."""
+
+    def adamw_update(self, param: Array, grad: Array, m: Array, v: Array, master: Array | None,
+                     lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                     step: int, grad_scale: float, seed: int) -> None:
+        """One AdamW step (step counts from 1) on a parameter tensor; grad is multiplied by
+        grad_scale first (clipping). m, v (and master, the fp32 weights when param is bf16) are
+        fp32. Without master, a bf16 param is written with stochastic rounding seeded by seed."""
+
+
+REQUIRED_OPS = tuple(name for name in Primitives.__dict__
+                     if not name.startswith("_") and callable(Primitives.__dict__[name]))
