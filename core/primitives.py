@@ -12,7 +12,7 @@ layernorm statistics, losses and optimizer state always fp32, tokens int32.
 Shapes: B batch, T time, C channels, OC output channels, NH heads, V vocab, Vp padded vocab.
 """
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 Array = Any  # numpy.ndarray or cupy.ndarray
 
@@ -31,6 +31,11 @@ class Primitives(Protocol):
 
     def synchronize(self) -> None:
         """Wait for all queued work (no-op on CPU)."""
+
+    def graph(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """A callable doing what fn() does. The GPU captures fn once as a CUDA graph and replays it,
+        so fn must only launch work on preallocated buffers (no allocation, no read-back); the CPU
+        returns fn itself."""
 
     def attention_stats_shape(self, B: int, T: int, NH: int) -> tuple[int, ...]:
         """Shape of the fp32 state attention_forward saves for backward
