@@ -1,9 +1,20 @@
-"""`llmc train-cpu`."""
+"""`llmc train-cpu`: llm.c's train_gpt2.c, fp32 on NumPy."""
 
 import click
 
+from llmc.cli.flags import train_config, train_options
 
-@click.command("train-cpu", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Train GPT-2 on the CPU in fp32 (llm.c's train_gpt2.c)."""
-    raise click.ClickException("llmc train-cpu is not implemented yet")
+
+@click.command("train-cpu")
+@train_options({"B": 4, "T": 64, "model": "gpt2_124M.bin"}, allow_gpu_only=False)
+def command(**options) -> None:
+    """Train GPT-2 on the CPU in fp32 (llm.c's train_gpt2.c), with llm.c's flags.
+
+    Example: llmc train-cpu -e d6 -i 'data/tinyshakespeare/*train.bin' -j 'data/tinyshakespeare/*val.bin' -x 20 -o out
+    """
+    from llmc.core import cpu
+    from llmc.core.train import Trainer
+
+    trainer = Trainer(train_config(options), cpu, out=lambda s: click.echo(s))
+    trainer.describe()
+    trainer.run()

@@ -1,0 +1,38 @@
+"""The CPU backend: fp32 NumPy, llm.c's train_gpt2.c. Implements core/primitives.py."""
+
+from typing import Callable
+
+import numpy as np
+
+from llmc.core.cpu.layers import (attention_backward, attention_forward, attention_stats_shape,
+                                  encoder_backward, encoder_forward, gelu_backward, gelu_forward,
+                                  layernorm_backward, layernorm_forward, matmul_backward, matmul_forward,
+                                  residual_forward, residual_layernorm_forward, softmax_crossentropy)
+from llmc.core.cpu.optim import adamw_update, global_norm_squared
+
+name = "cpu"
+xp = np
+act_dtype = np.float32
+
+
+def to_device(host, dtype=None):
+    return np.array(host, dtype=dtype or np.asarray(host).dtype)
+
+
+def to_host(arr):
+    return np.asarray(arr, dtype=np.float32) if arr.dtype.kind == "f" else np.asarray(arr)
+
+
+def synchronize():
+    pass
+
+
+def graph(fn: Callable[[], None]) -> Callable[[], None]:
+    return fn
+
+
+__all__ = ["name", "xp", "act_dtype", "to_device", "to_host", "synchronize", "graph", "attention_stats_shape",
+           "encoder_forward", "encoder_backward", "layernorm_forward", "residual_forward",
+           "residual_layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
+           "gelu_forward", "gelu_backward", "attention_forward", "attention_backward", "softmax_crossentropy",
+           "global_norm_squared", "adamw_update"]

@@ -1,0 +1,215 @@
+"""The NumPy fp32 layers: llm.c's train_gpt2.c, vectorized. Every matmul goes to BLAS, attention is
+batched matmuls, and outputs go into the caller's preallocated arrays (see core/primitives.py)."""
+
+import math
+
+import numpy as np
+
+from llmc.core.errors import LlmcError
+
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+LN_EPS = 1e-5
+
+_scratch: dict[tuple, np.ndarray] = {}
+
+
+def scratch(tag: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """A reused temporary, so steady-state steps allocate nothing large."""
+    key = (tag, shape, np.dtype(dtype).str)
+    buf = _scratch.get(key)
+    if buf is None:
+        buf = _scratch[key] = np.empty(shape, dtype=dtype)
+    return buf
+
+
+def rows(x: np.ndarray) -> np.ndarray:
+    """(..., C) -> (N, C) view; the buffers are contiguous so this never copies."""
+    return x.reshape(-1, x.shape[-1])
+
+
+# ----------------------------------------------------------------------------- encoder
+
+def encoder_forward(out, inp, wte, wpe):
+    B, T = inp.shape
+    np.take(wte, inp, axis=0, out=out)  # (B, T, C)
+    out += wpe[:T]
+
+
+def encoder_backward(dwte, dwpe, dout, inp):
+    B, T = inp.shape
+    np.add.at(dwte, inp.reshape(-1), rows(dout))
+    dwpe[:T] += dout.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------- layernorm, residual
+
+def layernorm_forward(out, mean, rstd, inp, weight, bias):
+    C = inp.shape[-1]
+    np.mean(inp, axis=-1, out=mean)
+    np.subtract(inp, mean[..., None], out=out)  # centered
+    var = np.einsum("...c,...c->...", out, out) / C
+    np.sqrt(var + LN_EPS, out=rstd)
+    np.reciprocal(rstd, out=rstd)
+    out *= rstd[..., None]
+    out *= weight
+    out += bias
+
+
+def residual_forward(out, inp1, inp2):
+    np.add(inp1, inp2, out=out)
+
+
+def residual_layernorm_forward(residual, out, mean, rstd, inp1, inp2, weight, bias):
+    residual_forward(residual, inp1, inp2)
+    layernorm_forward(out, mean, rstd, residual, weight, bias)
+
+
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+    C = inp.shape[-1]
+    norm = scratch("ln_norm", inp.shape)
+    np.subtract(inp, mean[..., None], out=norm)
+    norm *= rstd[..., None]  # (B, T, C) normalized input
+    dout2, norm2 = rows(dout), rows(norm)
+    dbias += dout2.sum(axis=0)
+    dweight += np.einsum("nc,nc->c", dout2, norm2)
+    dnorm = scratch("ln_dnorm", inp.shape)
+    np.multiply(dout, weight, out=dnorm)
+    dnorm_mean = dnorm.mean(axis=-1, keepdims=True)
+    dnorm_norm_mean = np.einsum("...c,...c->...", dnorm, norm)[..., None] / C
+    dnorm -= dnorm_mean
+    norm *= dnorm_norm_mean
+    dnorm -= norm
+    dnorm *= rstd[..., None]
+    dinp += dnorm
+
+
+# ----------------------------------------------------------------------------- matmul, gelu
+
+def matmul_forward(out, inp, weight, bias, pre_gelu=None):
+    target = out if pre_gelu is None else pre_gelu
+    np.matmul(rows(inp), weight.T, out=rows(target))  # (N, OC)
+    if bias is not None:
+        target += bias
+    if pre_gelu is not None:
+        gelu_forward(out, pre_gelu)
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None):
+    dout2 = rows(dout)
+    np.matmul(dout2, weight, out=rows(dinp))  # (N, C)
+    dw = scratch("dweight", dweight.shape)
+    np.matmul(dout2.T, rows(inp), out=dw)  # (OC, C)
+    dweight += dw
+    if dbias is not None:
+        dbias += dout2.sum(axis=0)
+    if pre_gelu is not None:
+        gelu_backward(dinp, pre_gelu, dinp)
+
+
+def gelu_forward(out, inp):
+    t = scratch("gelu_t", inp.shape)
+    np.multiply(inp, inp, out=t)
+    t *= 0.044715
+    t += 1.0
+    t *= inp
+    t *= GELU_SCALE
+    np.tanh(t, out=t)
+    t += 1.0
+    t *= 0.5
+    np.multiply(inp, t, out=out)
+
+
+def gelu_backward(dinp, inp, dout):
+    # d/dx 0.5x(1+tanh(u)) = 0.5(1+tanh(u)) + 0.5x(1-tanh(u)^2)u',  u = s(x + 0.044715x^3)
+    x2, th, local = (scratch(tag, inp.shape) for tag in ("gelu_x2", "gelu_th", "gelu_local"))
+    np.multiply(inp, inp, out=x2)
+    np.multiply(x2, 0.044715, out=th)
+    th += 1.0
+    th *= inp
+    th *= GELU_SCALE
+    np.tanh(th, out=th)  # tanh(u)
+    x2 *= 3 * 0.044715
+    x2 += 1.0
+    x2 *= inp
+    x2 *= 0.5 * GELU_SCALE  # 0.5 x u'
+    np.multiply(th, th, out=local)
+    np.subtract(1.0, local, out=local)
+    local *= x2
+    th += 1.0
+    th *= 0.5
+    local += th
+    np.multiply(local, dout, out=dinp)
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention_stats_shape(B: int, T: int, NH: int) -> tuple[int, ...]:
+    return (B, NH, T, T)
+
+
+def _heads(x, B, T, NH):
+    """(B, T, NH*HS) view -> (B, NH, T, HS) view."""
+    return x.reshape(B, T, NH, -1).transpose(0, 2, 1, 3)
+
+
+def _causal_mask(T: int) -> np.ndarray:
+    key = ("mask", (T, T), "|b1")
+    if key not in _scratch:
+        _scratch[key] = np.triu(np.ones((T, T), dtype=bool), k=1)
+    return _scratch[key]
+
+
+def attention_forward(out, stats, qkv, num_heads):
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    if C % num_heads:
+        raise LlmcError(f"attention: {C} channels not divisible by {num_heads} heads")
+    q, k, v = (_heads(qkv[..., i * C:(i + 1) * C], B, T, num_heads) for i in range(3))
+    att = stats  # (B, NH, T, T) probabilities
+    np.matmul(q, k.swapaxes(-1, -2), out=att)
+    att *= 1.0 / math.sqrt(C // num_heads)
+    np.copyto(att, -np.inf, where=_causal_mask(T))
+    att -= att.max(axis=-1, keepdims=True)
+    np.exp(att, out=att)
+    att /= att.sum(axis=-1, keepdims=True)
+    np.matmul(att, v, out=_heads(out, B, T, num_heads))
+
+
+def attention_backward(dqkv, dout, qkv, out, stats, num_heads):
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = (_heads(qkv[..., i * C:(i + 1) * C], B, T, num_heads) for i in range(3))
+    dq, dk, dv = (_heads(dqkv[..., i * C:(i + 1) * C], B, T, num_heads) for i in range(3))
+    att, dout_h = stats, _heads(dout, B, T, num_heads)
+    datt = scratch("datt", att.shape)
+    np.matmul(dout_h, v.swapaxes(-1, -2), out=datt)  # (B, NH, T, T)
+    np.matmul(att.swapaxes(-1, -2), dout_h, out=dv)
+    # softmax backward: dpre = att * (datt - sum(datt * att)); masked entries have att = 0
+    datt -= np.einsum("bhts,bhts->bht", datt, att)[..., None]
+    datt *= att
+    datt *= 1.0 / math.sqrt(C // num_heads)
+    np.matmul(datt, k, out=dq)
+    np.matmul(datt.swapaxes(-1, -2), q, out=dk)
+
+
+# ----------------------------------------------------------------------------- classifier
+
+def softmax_crossentropy(losses, logits, targets, vocab_size, dloss=None):
+    Vp = logits.shape[-1]
+    lg = rows(logits)  # (N, Vp)
+    N = lg.shape[0]
+    t = targets.reshape(-1)
+    if t.min(initial=0) < 0 or t.max(initial=0) >= vocab_size:
+        raise LlmcError(f"target token ids must be in [0, {vocab_size})")
+    real = lg[:, :vocab_size]
+    maxv = real.max(axis=1)
+    target_logit = real[np.arange(N), t] - maxv
+    probs = real if dloss is not None else scratch("probs", (N, vocab_size))
+    np.subtract(real, maxv[:, None], out=probs)
+    np.exp(probs, out=probs)
+    sums = probs.sum(axis=1)
+    losses.reshape(-1)[:] = np.log(sums) - target_logit
+    if dloss is not None:  # dlogits in place: (softmax - onehot) * dloss, padded columns zero
+        probs *= (dloss / sums)[:, None]
+        probs[np.arange(N), t] -= dloss
+        lg[:, vocab_size:] = 0.0

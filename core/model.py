@@ -1,0 +1,191 @@
+"""GPT-2 written once against the primitive set (core/primitives.py): llm.c's gpt2_forward and
+gpt2_backward, for any backend.
+
+Parameters, gradients and optimizer state each live in one flat buffer with named views into it
+(llm.c's layout), so the optimizer, clipping and checkpointing are single passes. Activations are
+sized once for (B, T). Buffers carry their shapes in comments: L layers, B batch, T time,
+C channels, Vp padded vocab, NH heads.
+"""
+
+from types import ModuleType
+
+import numpy as np
+
+from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes
+from llmc.core.errors import LlmcError
+
+
+def views(flat, shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Named views into one flat buffer, in llm.c's order."""
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        n = int(np.prod(shape))
+        out[name] = flat[offset: offset + n].reshape(shape)
+        offset += n
+    return out
+
+
+class GPT:
+    def __init__(self, cfg: GPTConfig, backend: ModuleType, params: np.ndarray, B: int, T: int,
+                 recompute: int = 0, gelu_fusion: int = 2, master_weights: bool = True):
+        if T > cfg.max_seq_len:
+            raise LlmcError(f"sequence length T={T} exceeds the model's max_seq_len {cfg.max_seq_len}")
+        if recompute not in (0, 1, 2) or gelu_fusion not in (0, 1, 2):
+            raise LlmcError("recompute (-r) and gelu fusion (-ge) take 0, 1 or 2")
+        self.cfg, self.backend, self.B, self.T = cfg, backend, B, T
+        self.recompute, self.gelu_fusion = recompute, gelu_fusion
+        xp, dt = backend.xp, backend.act_dtype
+        shapes = param_shapes(cfg)
+        self.params = backend.to_device(params, dt)  # flat, llm.c order
+        self.p = views(self.params, shapes)
+        self.grads = xp.zeros_like(self.params)
+        self.g = views(self.grads, shapes)
+        # fp32 optimizer state, allocated at the first update; master weights only when params are not fp32
+        self.m = self.v = None
+        self.master = backend.to_device(params, np.float32) if master_weights and dt != np.float32 else None
+        self.acts = self._allocate_activations(xp, dt)
+        self.inputs = xp.zeros((B, T), dtype=np.int32)
+        self.targets = xp.zeros((B, T), dtype=np.int32)
+
+    # ------------------------------------------------------------------ buffers
+    def _allocate_activations(self, xp, dt) -> dict:
+        cfg, B, T = self.cfg, self.B, self.T
+        L, C, Vp, NH = cfg.num_layers, cfg.channels, cfg.padded_vocab_size, cfg.num_heads
+        Lgelu = 1 if self.recompute >= 1 else L  # recomputed activations keep one layer's buffer
+        Lln = 1 if self.recompute >= 2 else L
+        f32 = np.float32
+        shapes = {
+            "encoded": ((B, T, C), dt),
+            "ln1": ((Lln, B, T, C), dt), "ln1_mean": ((L, B, T), f32), "ln1_rstd": ((L, B, T), f32),
+            "qkv": ((L, B, T, 3 * C), dt),
+            "atty": ((L, B, T, C), dt),
+            "att": ((L, *self.backend.attention_stats_shape(B, T, NH)), f32),
+            "residual2": ((L, B, T, C), dt),
+            "ln2": ((Lln, B, T, C), dt), "ln2_mean": ((L, B, T), f32), "ln2_rstd": ((L, B, T), f32),
+            "fch": ((L, B, T, 4 * C), dt),  # before GELU
+            "fch_gelu": ((Lgelu, B, T, 4 * C), dt),
+            "residual3": ((L, B, T, C), dt),
+            "lnf": ((B, T, C), dt), "lnf_mean": ((B, T), f32), "lnf_rstd": ((B, T), f32),
+            "logits": ((B, T, Vp), dt),  # becomes dlogits in a training forward
+            "losses": ((B, T), f32),
+            "btc": ((B, T, C), dt),  # scratch: a projection's output before the residual add
+            # backward scratch
+            "dresidual": ((B, T, C), dt), "dbtc": ((B, T, C), dt), "dbt4c": ((B, T, 4 * C), dt),
+        }
+        return {name: xp.zeros(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
+
+    def _ln(self, which: str, l: int):
+        """Layer l's layernorm output buffer (shared by all layers under -r 2)."""
+        buf = self.acts[which]
+        return buf[l if buf.shape[0] > 1 else 0]
+
+    def _gelu(self, l: int):
+        buf = self.acts["fch_gelu"]
+        return buf[l if buf.shape[0] > 1 else 0]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, with_targets: bool = True, dloss: float | None = None) -> None:
+        """Forward on self.inputs. With targets, losses (B,T) are computed; with dloss, logits are
+        replaced by dlogits ready for backward (the fused classifier)."""
+        k, p, a, cfg = self.backend, self.p, self.acts, self.cfg
+        L, NH, B, T = cfg.num_layers, cfg.num_heads, self.B, self.T
+        k.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"])
+        k.layernorm_forward(self._ln("ln1", 0), a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"], p["ln1w"][0], p["ln1b"][0])
+        for l in range(L):
+            residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
+            k.matmul_forward(a["qkv"][l], self._ln("ln1", l), p["qkvw"][l], p["qkvb"][l])
+            k.attention_forward(a["atty"][l], a["att"][l], a["qkv"][l], NH)
+            k.matmul_forward(a["btc"], a["atty"][l], p["attprojw"][l], p["attprojb"][l])
+            k.residual_layernorm_forward(a["residual2"][l], self._ln("ln2", l), a["ln2_mean"][l], a["ln2_rstd"][l],
+                                         residual, a["btc"], p["ln2w"][l], p["ln2b"][l])
+            if self.gelu_fusion >= 1:
+                k.matmul_forward(self._gelu(l), self._ln("ln2", l), p["fcw"][l], p["fcb"][l], pre_gelu=a["fch"][l])
+            else:
+                k.matmul_forward(a["fch"][l], self._ln("ln2", l), p["fcw"][l], p["fcb"][l])
+                k.gelu_forward(self._gelu(l), a["fch"][l])
+            k.matmul_forward(a["btc"], self._gelu(l), p["fcprojw"][l], p["fcprojb"][l])
+            if l + 1 < L:
+                k.residual_layernorm_forward(a["residual3"][l], self._ln("ln1", l + 1), a["ln1_mean"][l + 1],
+                                             a["ln1_rstd"][l + 1], a["residual2"][l], a["btc"],
+                                             p["ln1w"][l + 1], p["ln1b"][l + 1])
+            else:
+                k.residual_layernorm_forward(a["residual3"][l], a["lnf"], a["lnf_mean"], a["lnf_rstd"],
+                                             a["residual2"][l], a["btc"], p["lnfw"], p["lnfb"])
+        k.matmul_forward(a["logits"], a["lnf"], p["wte"], None)  # (B, T, Vp), tied weights
+        if with_targets:
+            k.softmax_crossentropy(a["losses"], a["logits"], self.targets, cfg.vocab_size, dloss)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self) -> None:
+        """Accumulate parameter gradients from the dlogits a forward(dloss=...) left in logits."""
+        k, p, g, a, cfg = self.backend, self.p, self.g, self.acts, self.cfg
+        L, NH = cfg.num_layers, cfg.num_heads
+        dresidual, dbtc, dbt4c = a["dresidual"], a["dbtc"], a["dbt4c"]
+        B, T, C = dbtc.shape
+        dqkv = dbt4c.reshape(-1)[: B * T * 3 * C].reshape(B, T, 3 * C)  # shares the 4C scratch
+        dresidual.fill(0)
+        k.matmul_backward(dbtc, g["wte"], None, a["logits"], a["lnf"], p["wte"])
+        k.layernorm_backward(dresidual, g["lnfw"], g["lnfb"], dbtc, a["residual3"][L - 1], p["lnfw"],
+                             a["lnf_mean"], a["lnf_rstd"])
+        for l in reversed(range(L)):
+            residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
+            ln1, ln2 = self._ln("ln1", l), self._ln("ln2", l)
+            if self.recompute >= 2:  # layernorm outputs were not kept
+                k.layernorm_forward(ln1, a["ln1_mean"][l], a["ln1_rstd"][l], residual, p["ln1w"][l], p["ln1b"][l])
+                k.layernorm_forward(ln2, a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l], p["ln2w"][l], p["ln2b"][l])
+            if self.recompute >= 1:
+                k.gelu_forward(self._gelu(l), a["fch"][l])
+            if self.gelu_fusion >= 2:
+                k.matmul_backward(dbt4c, g["fcprojw"][l], g["fcprojb"][l], dresidual, self._gelu(l), p["fcprojw"][l],
+                                  pre_gelu=a["fch"][l])
+            else:
+                k.matmul_backward(dbt4c, g["fcprojw"][l], g["fcprojb"][l], dresidual, self._gelu(l), p["fcprojw"][l])
+                k.gelu_backward(dbt4c, a["fch"][l], dbt4c)
+            k.matmul_backward(dbtc, g["fcw"][l], g["fcb"][l], dbt4c, ln2, p["fcw"][l])
+            k.layernorm_backward(dresidual, g["ln2w"][l], g["ln2b"][l], dbtc, a["residual2"][l], p["ln2w"][l],
+                                 a["ln2_mean"][l], a["ln2_rstd"][l])
+            k.matmul_backward(dbtc, g["attprojw"][l], g["attprojb"][l], dresidual, a["atty"][l], p["attprojw"][l])
+            k.attention_backward(dqkv, dbtc, a["qkv"][l], a["atty"][l], a["att"][l], NH)
+            k.matmul_backward(dbtc, g["qkvw"][l], g["qkvb"][l], dqkv, ln1, p["qkvw"][l])
+            k.layernorm_backward(dresidual, g["ln1w"][l], g["ln1b"][l], dbtc, residual, p["ln1w"][l],
+                                 a["ln1_mean"][l], a["ln1_rstd"][l])
+        k.encoder_backward(g["wte"], g["wpe"], dresidual, self.inputs)
+
+    # ------------------------------------------------------------------ optimizer
+    def zero_grad(self) -> None:
+        self.grads.fill(0)
+
+    def grad_norm(self) -> float:
+        out = self.backend.xp.zeros(1, dtype=np.float32)
+        self.backend.global_norm_squared(out, self.grads)
+        return float(np.sqrt(self.backend.to_host(out)[0]))
+
+    def update(self, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
+               grad_scale: float = 1.0, seed: int = 0) -> None:
+        """AdamW on every tensor; weight decay only on the 2-D weights, as train_gpt2.cu."""
+        xp = self.backend.xp
+        if self.m is None:
+            self.m = xp.zeros(self.params.shape, dtype=np.float32)
+            self.v = xp.zeros(self.params.shape, dtype=np.float32)
+        shapes = param_shapes(self.cfg)
+        m, v = views(self.m, shapes), views(self.v, shapes)
+        master = views(self.master, shapes) if self.master is not None else None
+        for i, name in enumerate(shapes):
+            wd = weight_decay if name in DECAYED_PARAMS else 0.0
+            self.backend.adamw_update(self.p[name], self.g[name], m[name], v[name],
+                                      None if master is None else master[name],
+                                      lr, beta1, beta2, eps, wd, step, grad_scale, seed + i)
+
+    # ------------------------------------------------------------------ host views
+    def set_batch(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
+        """Copy a (B, T) batch into the static input buffers (what a captured graph reads)."""
+        self.inputs[...] = self.backend.to_device(np.asarray(inputs, dtype=np.int32))
+        if targets is not None:
+            self.targets[...] = self.backend.to_device(np.asarray(targets, dtype=np.int32))
+
+    def mean_loss(self) -> float:
+        return float(self.backend.to_host(self.acts["losses"]).mean())
+
+    def params_host(self) -> np.ndarray:
+        """fp32 parameters on the host (the master copy when there is one)."""
+        return self.backend.to_host(self.master if self.master is not None else self.params)
