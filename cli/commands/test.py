@@ -1,9 +1,25 @@
-"""`llmc test`."""
+"""`llmc test`: llm.c's test_gpt2.c / test_gpt2.cu for any GPT-2 shape."""
 
 import click
 
 
-@click.command("test", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Check a backend against a reference debug state (llm.c's test_gpt2.c)."""
-    raise click.ClickException("llmc test is not implemented yet")
+@click.command("test")
+@click.option("-m", "--model", "model_path", default="gpt2_124M.bin", show_default=True,
+              type=click.Path(dir_okay=False), help="model checkpoint (.bin, fp32 or bf16)")
+@click.option("-s", "--state", "state_path", default="gpt2_124M_debug_state.bin", show_default=True,
+              type=click.Path(dir_okay=False), help="reference debug state")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--steps", type=click.IntRange(min=0), default=10, show_default=True,
+              help="AdamW steps whose losses are checked")
+def command(model_path: str, state_path: str, device: str, steps: int) -> None:
+    """Check a backend against a reference debug state: logits, loss, every gradient, step losses.
+
+    Example: llmc test -m gpt2_124M.bin -s gpt2_124M_debug_state.bin
+    """
+    from llmc.core.backends import get_backend
+    from llmc.core.check import CPU_TOLERANCES, GPU_TOLERANCES, check
+
+    backend = get_backend(device)
+    tol = CPU_TOLERANCES if device == "cpu" else GPU_TOLERANCES
+    if not check(model_path, state_path, backend, tol, steps, out=click.echo):
+        raise SystemExit(1)
