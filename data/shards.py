@@ -1,0 +1,123 @@
+"""Documents -> llm.c token shards: the pipeline every token-shard dataset shares.
+
+Documents stream in and are cut into batches of about `batch_chars` characters; each batch becomes
+[EOT, doc tokens, EOT, doc tokens, ...] as one uint16 array, in document order: in this process, or
+with workers > 1 in a process pool with a bounded number of batches in flight, so reading never
+runs far ahead of writing and memory stays flat however big the dataset. The token stream is then
+cut into files, each streamed to a temporary name and renamed when complete, its header patched
+with the final count.
+"""
+
+import time
+from collections import deque
+from contextlib import ExitStack
+from multiprocessing import get_context
+from multiprocessing.pool import Pool
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from llmc.core.errors import LlmcError
+from llmc.core.formats import SHARD_MAGIC, SHARD_VERSION, atomic_write, make_header
+from llmc.data import Written
+from llmc.data.tokenizer import encode_documents, gpt2_encoding
+
+BATCH_CHARS = 1 << 20  # text per task: large enough to amortize the pickling, small enough to stay flat
+MAX_SHARD_TOKENS = 2**31 - 1  # the header's token count is an int32
+
+
+def batches(texts: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
+    batch, chars = [], 0
+    for text in texts:
+        batch.append(text)
+        chars += len(text)
+        if chars >= batch_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def in_order(pool: Pool, work: Iterable[list[str]], window: int) -> Iterator[tuple[int, np.ndarray]]:
+    """encode_documents over the batches in the pool, results in order, at most `window` in flight."""
+    pending = deque()
+    for batch in work:
+        pending.append(pool.apply_async(encode_documents, (batch,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def tokenize(texts: Iterable[str], workers: int = 1, total: int | None = None, desc: str = "tokenizing",
+             progress: bool = True, batch_chars: int | None = None) -> Iterator[np.ndarray]:
+    """Each document as EOT + its tokens, concatenated into uint16 arrays, in document order."""
+    docs = batches(texts, batch_chars or BATCH_CHARS)
+    start, ntok = time.perf_counter(), 0
+    with ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=total, unit="doc", unit_scale=True, desc=desc, disable=not progress,
+                                       dynamic_ncols=True))
+        if workers > 1:  # spawn: never fork a process that may hold threads (tqdm, huggingface_hub)
+            pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=gpt2_encoding))
+            results = in_order(pool, docs, window=2 * workers)
+        else:
+            results = map(encode_documents, docs)
+        for ndocs, tokens in results:
+            ntok += tokens.size
+            bar.update(ndocs)
+            bar.set_postfix_str(f"{ntok / (time.perf_counter() - start):,.0f} tok/s", refresh=False)
+            yield tokens
+
+
+class TokenStream:
+    """A stream of token arrays that can be cut at exact token counts."""
+
+    def __init__(self, chunks: Iterable[np.ndarray]):
+        self._chunks = iter(chunks)
+        self._head = np.zeros(0, dtype=np.uint16)  # the part of the current chunk not taken yet
+
+    def exhausted(self) -> bool:
+        while not self._head.size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return True
+            self._head = chunk
+        return False
+
+    def take(self, n: int | None) -> Iterator[np.ndarray]:
+        """The next n tokens (all that are left if n is None), as consecutive arrays."""
+        while (n is None or n > 0) and not self.exhausted():
+            k = self._head.size if n is None else min(n, self._head.size)
+            yield self._head[:k]
+            self._head = self._head[k:]
+            n = None if n is None else n - k
+
+
+def write_tokens(path: Path, chunks: Iterable[np.ndarray]) -> Written:
+    """One llm.c token shard from a stream of uint16 arrays, never whole in memory."""
+    ntok = 0
+    with atomic_write(path) as f:
+        f.write(make_header(SHARD_MAGIC, SHARD_VERSION, 0).tobytes())  # count patched below
+        for chunk in chunks:
+            ntok += chunk.size
+            if ntok > MAX_SHARD_TOKENS:
+                raise LlmcError(f"{path}: more than {MAX_SHARD_TOKENS:,} tokens do not fit llm.c's int32 count")
+            f.write(chunk.astype("<u2", copy=False).tobytes())
+        f.seek(0)
+        f.write(make_header(SHARD_MAGIC, SHARD_VERSION, ntok).tobytes())
+    return Written(path, ntok, "tokens")
+
+
+def write_sharded(tokens: Iterable[np.ndarray], out_dir: Path, name: str, shard_size: int) -> list[Written]:
+    """fineweb.py's layout: the stream cut every shard_size tokens (the last shard keeps the rest) into
+    {name}_val_000000.bin, {name}_train_000001.bin, ... A document may straddle two shards."""
+    if not 0 < shard_size <= MAX_SHARD_TOKENS:
+        raise LlmcError(f"shard size must be between 1 and {MAX_SHARD_TOKENS:,} tokens, not {shard_size:,}")
+    stream, written = TokenStream(tokens), []
+    while not stream.exhausted():
+        i = len(written)
+        path = out_dir / f"{name}_{'val' if i == 0 else 'train'}_{i:06d}.bin"
+        written.append(write_tokens(path, stream.take(shard_size)))
+    return written

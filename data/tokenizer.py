@@ -1,0 +1,55 @@
+"""GPT-2's tokenizer: tiktoken's BPE, built offline from the merge ranks the package ships.
+
+The ranks file is tiktoken's r50k_base (= "gpt2"), checked by sha256; with GPT-2's split regex and
+<|endoftext|> = 50256 the Encoding is exactly tiktoken.get_encoding("gpt2"), with no download.
+"""
+
+import base64
+import functools
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+
+from llmc.core.errors import LlmcError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+RANKS_FILE = ASSETS / "gpt2.tiktoken"
+RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+# GPT-2's pre-tokenizer regex, written with possessive quantifiers (same splits, faster)
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+EOT = 50256  # <|endoftext|>: llm.c puts it before every document
+VOCAB_SIZE = 50257
+
+
+@functools.cache
+def gpt2_encoding() -> tiktoken.Encoding:
+    try:
+        data = RANKS_FILE.read_bytes()
+    except OSError as e:
+        raise LlmcError(f"{RANKS_FILE}: cannot read the shipped GPT-2 ranks ({e.strerror}); reinstall llmc") from None
+    if hashlib.sha256(data).hexdigest() != RANKS_SHA256:
+        raise LlmcError(f"{RANKS_FILE}: sha256 mismatch, the shipped GPT-2 ranks are corrupted; reinstall llmc")
+    ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in data.splitlines() if line)}
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
+
+
+def encode(text: str) -> np.ndarray:
+    """Ordinary encoding (special-token text stays text, as llm.c's encode_ordinary) as uint32."""
+    enc = gpt2_encoding()
+    try:  # straight into a numpy buffer: no list of Python ints
+        return enc.encode_to_numpy(text, disallowed_special=())
+    except UnicodeEncodeError:  # lone surrogates: encode_ordinary repairs them the way tiktoken does
+        return np.asarray(enc.encode_ordinary(text), dtype=np.uint32)
+
+
+def encode_documents(texts: list[str]) -> tuple[int, np.ndarray]:
+    """(number of documents, uint16 tokens [EOT, doc 0..., EOT, doc 1..., ...]): llm.c's separation."""
+    eot = np.array([EOT], dtype=np.uint32)
+    parts = []
+    for text in texts:
+        parts += (eot, encode(text))
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
+    return len(texts), tokens.astype(np.uint16)
