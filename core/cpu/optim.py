@@ -1,9 +1,12 @@
 """AdamW and the gradient norm in fp32 NumPy.
 
-AdamW runs over cache-sized chunks so its dozen element-wise passes stay in L2 instead of
-streaming the whole model through memory a dozen times; two threads share the chunks (NumPy
-releases the GIL inside ufuncs)."""
+AdamW runs over cache-sized chunks so its element-wise passes stay in L2 instead of streaming the
+whole model through memory a dozen times; two threads share the chunks (NumPy releases the GIL
+inside ufuncs). The update is PyTorch's arrangement of llm.c's formula:
+p = p (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps), with bc = 1 - beta^step.
+"""
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,31 +21,30 @@ def global_norm_squared(out, grads):
 
 
 def _adamw_chunks(start, stop, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale):
-    g = np.empty(CHUNK, dtype=np.float32)
-    t = np.empty(CHUNK, dtype=np.float32)
+    g_buf = np.empty(CHUNK, dtype=np.float32)
+    t_buf = np.empty(CHUNK, dtype=np.float32)
+    inv_sqrt_bc2, step_size, decay = 1.0 / math.sqrt(bc2), lr / bc1, 1.0 - lr * weight_decay
     for lo in range(start, stop, CHUNK):
         hi = min(lo + CHUNK, stop)
-        n = hi - lo
-        gs, ts = g[:n], t[:n]
-        p, mm, vv = param[lo:hi], m[lo:hi], v[lo:hi]
-        np.multiply(grad[lo:hi], grad_scale, out=gs)
-        mm *= beta1  # m = beta1 m + (1 - beta1) g
-        np.multiply(gs, 1.0 - beta1, out=ts)
-        mm += ts
-        vv *= beta2  # v = beta2 v + (1 - beta2) g^2
-        gs *= gs
-        gs *= 1.0 - beta2
-        vv += gs
-        np.multiply(vv, 1.0 / bc2, out=ts)  # update = m_hat / (sqrt(v_hat) + eps) + wd * p
-        np.sqrt(ts, out=ts)
-        ts += eps
-        np.multiply(mm, 1.0 / bc1, out=gs)
-        gs /= ts
+        t, p, mm, vv = t_buf[: hi - lo], param[lo:hi], m[lo:hi], v[lo:hi]
+        g = grad[lo:hi]
+        if grad_scale != 1.0:
+            g = np.multiply(g, grad_scale, out=g_buf[: hi - lo])
+        np.subtract(mm, g, out=t)  # m += (1 - beta1) (g - m)
+        t *= 1.0 - beta1
+        mm -= t
+        np.multiply(g, g, out=t)  # v += (1 - beta2) (g^2 - v)
+        t -= vv
+        t *= 1.0 - beta2
+        vv += t
+        np.sqrt(vv, out=t)  # denominator sqrt(v_hat) + eps
+        t *= inv_sqrt_bc2
+        t += eps
+        np.divide(mm, t, out=t)
+        t *= step_size
         if weight_decay:
-            np.multiply(p, weight_decay, out=ts)
-            gs += ts
-        gs *= lr
-        p -= gs
+            p *= decay
+        p -= t
 
 
 def adamw_update(param, grad, m, v, master, lr, beta1, beta2, eps, weight_decay, step, grad_scale, seed):
