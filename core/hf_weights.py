@@ -175,17 +175,22 @@ def resolve_source(source: str, echo: Callable[[str], None] = print) -> tuple[Pa
 
 def _hub_file(repo: str, filename: str) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(repo, filename))
+    except LocalEntryNotFoundError as e:  # offline or unreachable, and not in the cache
+        raise LlmcError(f"cannot fetch {filename} of {repo}: {_first_line(e)}") from None
     except EntryNotFoundError:
         if filename == "model.safetensors":
             raise FileNotFoundError(filename) from None
         raise LlmcError(f"{repo} has no {filename} (llmc reads safetensors only)") from None
-    except Exception as e:  # network, auth, offline cache miss: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LlmcError(f"cannot fetch {filename} of {repo}: {first}") from None
+    except Exception as e:  # network, auth, unknown repo: one line
+        raise LlmcError(f"cannot fetch {filename} of {repo}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _read_json(path: Path) -> dict:
@@ -348,14 +353,10 @@ def debug_batch(path: str | os.PathLike | None, B: int, T: int) -> np.ndarray:
     if is_shard:
         tokens = np.asarray(read_shard(path), dtype=np.int32)
     else:
+        from llmc.data.tinyshakespeare import read_text, sections
         from llmc.data.tokenizer import encode_documents
 
-        try:
-            sections = path.read_text(encoding="utf-8").split("\n\n")
-        except UnicodeDecodeError:
-            raise LlmcError(f"{path}: neither a token shard nor UTF-8 text") from None
-        # llm.c keeps the "\n\n" at the end of every section but the last
-        _, tokens = encode_documents([s + "\n\n" for s in sections[:-1]] + sections[-1:])
+        _, tokens = encode_documents(sections(read_text(path)))
     if len(tokens) < B * T + 1:
         raise LlmcError(f"{path}: {len(tokens)} tokens, the debug batch needs B*T+1 = {B * T + 1}")
     return tokens[: B * T + 1].astype(np.int32)
