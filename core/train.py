@@ -1,25 +1,42 @@
 """The training loop, written once for every backend: llm.c's train_gpt2.cu main().
 
-Steps run 0..N: validation at step % val_every == 0 and at N, then (except at N) one optimizer step
-of grad_accum micro-batches, gradient clipping to norm 1.0 and AdamW; each step prints llm.c's line
-and appends to main.log.
+Steps run 0..N. At each step boundary, as llm.c: validation (step % val_every == 0 and at N),
+HellaSwag (likewise, after step 0), a sample (step % sample_every == 0 after step 0, and at N) and a
+checkpoint (step % checkpoint_every == 0 after step 0, and at N); then (except at N) one optimizer
+step of grad_accum micro-batches, gradient clipping to norm 1.0 and AdamW. Each step prints llm.c's
+line plus an ETA and appends to main.log.
+
+Safety: -y 1 resumes from the newest complete checkpoint in -o exactly where it stopped (same data
+order, optimizer state, outlier windows); SIGINT/SIGTERM (with -o) write a checkpoint at the next step
+boundary and stop; a non-finite loss or gradient norm stops before the update, with a checkpoint of
+the last good step.
 """
 
 import math
+import re
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
+from llmc.core import checkpoint
 from llmc.core.config import num_parameters
 from llmc.core.dataloader import DataLoader
 from llmc.core.errors import LlmcError
+from llmc.core.evaluate import DEFAULT_HELLASWAG, check_examples, evaluate
+from llmc.core.formats import atomic_write, read_eval_shard
 from llmc.core.init import load_params
 from llmc.core.model import GPT
 from llmc.core.outliers import OutlierDetector
+from llmc.core.rand import XorShift
+from llmc.core.sample import generate, load_decoder, max_new_tokens
 from llmc.core.schedules import learning_rate
 
 
@@ -49,6 +66,7 @@ class TrainConfig:
     sample_every: int = 20  # -s
     gen_tokens: int = 64  # -g
     hellaswag: int = 0  # -h
+    hellaswag_path: str = DEFAULT_HELLASWAG  # the eval shard -h 1 reads (relative to the cwd, as llm.c)
     overfit_single_batch: int = 0  # -a
     recompute: int = 0  # -r
     gelu_fusion: int = 2  # -ge
@@ -65,15 +83,37 @@ def print_table(rows: list[tuple[str, object]], out: Callable[[str], None]) -> N
     out(line)
 
 
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, backend: ModuleType, out: Callable[[str], None] = print):
-        self.cfg, self.backend, self.out = cfg, backend, out
+    def __init__(self, cfg: TrainConfig, backend: ModuleType, out: Callable[[str], None] = print,
+                 stream: Callable[[str], None] = _write_stdout):
+        """out prints a line; stream writes sampled text as it comes (no newline)."""
+        self.cfg, self.backend, self.out, self.stream = cfg, backend, out, stream
         tokens_per_fwdbwd = cfg.B * cfg.T * cfg.num_processes
         total = tokens_per_fwdbwd if cfg.total_batch == -1 else cfg.total_batch
         if total <= 0 or total % tokens_per_fwdbwd:
             raise LlmcError(f"total batch size -d {total} must be a positive multiple of B*T*processes = {tokens_per_fwdbwd}")
         self.total_batch, self.grad_accum = total, total // tokens_per_fwdbwd
-        model_cfg, params = load_params(cfg.model)
+        if cfg.skip_loss_z < 0 or cfg.skip_grad_z < 0:
+            raise LlmcError("-sl and -sg take a z-score threshold >= 0 (0 = off)")
+        if min(cfg.checkpoint_every, cfg.checkpoints_keep, cfg.major_checkpoint_every) < 0:
+            raise LlmcError("-n, -nk and -nm take a number of steps >= 0 (0 = off)")
+        if cfg.val_every <= 0:
+            raise LlmcError(f"-v takes a number of steps >= 1, not {cfg.val_every}")
+        self.log_path = None
+        resume_step = self._prepare_output_dir()
+        self.resumed = resume_step is not None
+        model_cfg, params = load_params(str(checkpoint.model_path(cfg.output_dir, resume_step))
+                                        if self.resumed else cfg.model)
         self.model_cfg = model_cfg
         if cfg.T > model_cfg.max_seq_len:
             raise LlmcError(f"-t {cfg.T} is larger than the model's max_seq_len {model_cfg.max_seq_len}")
@@ -88,15 +128,164 @@ class Trainer:
         if self.num_steps <= 0:
             raise LlmcError(f"no training steps: the train data has {self.train_loader.num_tokens} tokens, "
                             f"fewer than one total batch of {total}")
-        self.log_path = None
-        if cfg.output_dir:
-            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            self.log_path = Path(cfg.output_dir) / "main.log"
-            if not cfg.resume:
-                self.log_path.write_text("")
         self.loss_detector, self.grad_detector = OutlierDetector(), OutlierDetector()
         self.step = 0
+        self.last_checkpoint = -1  # step of the checkpoint written (or resumed from) last
+        if self.resumed:
+            self._restore(resume_step)
+        self.hellaswag = self._load_hellaswag()
+        self.decoder = None  # the tokenizer, loaded at the first sample
+        self.sample_every = cfg.sample_every  # 0 once sampling turns out impossible
+        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.train_step = backend.graph(self._forward_backward)
+
+    # ------------------------------------------------------------------ output dir, checkpoints, resume
+    def _prepare_output_dir(self) -> int | None:
+        """Create -o and main.log; the step to resume from, if -y 1 finds a complete checkpoint."""
+        c = self.cfg
+        if not c.output_dir:
+            if c.resume or c.checkpoint_every:
+                raise LlmcError("-y and -n need an output dir -o for the checkpoints")
+            return None
+        out_dir = Path(c.output_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LlmcError(f"cannot create the output dir -o {out_dir}: {e.strerror}") from None
+        done = checkpoint.done_steps(out_dir)
+        if not c.resume and c.checkpoint_every and done:
+            raise LlmcError(f"{out_dir} already holds checkpoints (newest: step {done[-1]}); "
+                            f"resume from them with -y 1 or write to another -o")
+        step = checkpoint.find_latest(out_dir, c.process_rank) if c.resume else None
+        self.log_path = out_dir / "main.log"
+        try:
+            checkpoint.remove_stale_temporaries(out_dir)
+            if step is None:  # a fresh start (llm.c's logger wipes the log)
+                self.log_path.write_text("")
+            else:  # drop what the interrupted run logged after its checkpoint: the resumed run redoes it
+                self._truncate_log(step)
+        except OSError as e:
+            raise LlmcError(f"cannot write to the output dir -o {out_dir}: {e.strerror}") from None
+        return step
+
+    def _truncate_log(self, step: int) -> None:
+        lines = self.log_path.read_text().splitlines(keepends=True) if self.log_path.exists() else []
+        keep = [ln for ln in lines if not ((m := re.match(r"s:(\d+) ", ln)) and int(m.group(1)) >= step)]
+        with atomic_write(self.log_path) as f:
+            f.write("".join(keep).encode())
+
+    def _restore(self, step: int) -> None:
+        """Optimizer, data loader and outlier-detector state of checkpoint `step` (llm.c's load_state)."""
+        c, model, loader, backend = self.cfg, self.model, self.train_loader, self.backend
+        path = checkpoint.state_path(c.output_dir, step, c.process_rank)
+        state = checkpoint.read_state(path, model.params.size)
+        if (state.step, state.num_processes, state.rank) != (step, c.num_processes, c.process_rank):
+            raise LlmcError(f"{path}: written at step {state.step} by rank {state.rank} of {state.num_processes}, "
+                            f"not step {step} by rank {c.process_rank} of {c.num_processes}")
+        if step > self.num_steps:
+            raise LlmcError(f"the newest checkpoint in {c.output_dir} is at step {step}, past -x {self.num_steps}")
+        shuffled = "shard_order" in state.loader
+        if shuffled != loader.shuffle:
+            raise LlmcError(f"{path}: the checkpoint's data loader {'did' if shuffled else 'did not'} shuffle; "
+                            f"resume with the same -a")
+        nfiles = len(loader.files)
+        if state.loader["shard"] >= nfiles or (shuffled and sorted(state.loader["shard_order"]) != list(range(nfiles))):
+            raise LlmcError(f"{path}: the checkpoint's data loader had other shards than the {nfiles} of -i now")
+        loader.restore(state.loader)
+        if state.loader["sample"] > loader.shard_samples or (
+                shuffled and sorted(state.loader["sample_order"]) != list(range(loader.shard_samples))):
+            raise LlmcError(f"{path}: the checkpoint's data loader read a shard in another batch layout; "
+                            f"resume with the same -b, -t and data")
+        model.m, model.v = backend.to_device(state.m, np.float32), backend.to_device(state.v, np.float32)
+        if model.master is not None:
+            if state.master is None:
+                raise LlmcError(f"{path} has no master weights; resume with -w 0")
+            model.master[...] = backend.to_device(state.master, np.float32)
+        elif state.master is not None:
+            if backend.act_dtype == np.float32:  # fp32 parameters: the master copy is the exact one
+                model.params[...] = backend.to_device(state.master, np.float32)
+            else:
+                self.out("Warning: the checkpoint has master weights, but -w 0 runs without them")
+        if state.detectors is not None:
+            self.loss_detector, self.grad_detector = state.detectors
+        self.step = self.last_checkpoint = step
+        self.out(f"resuming from the checkpoint of step {step} in {c.output_dir}")
+
+    def save_checkpoint(self, loader_state: dict | None = None) -> None:
+        """model_%08d.bin, state_%08d_%05d.bin, DONE_%08d of the current step boundary; then keep the
+        newest -nk (and every -nm-th) checkpoints. loader_state: the loader as of this boundary, when
+        it has read ahead since."""
+        c, model, backend = self.cfg, self.model, self.backend
+        n = model.params.size
+        host = lambda a: np.zeros(n, np.float32) if a is None else backend.to_host(a)  # noqa: E731
+        state = checkpoint.TrainState(self.step, host(model.m), host(model.v),
+                                      None if model.master is None else host(model.master),
+                                      loader_state or self.train_loader.state(),
+                                      [self.loss_detector, self.grad_detector], c.num_processes, c.process_rank)
+        self.out(f"Writing checkpoint at step {self.step}")
+        checkpoint.save_checkpoint(c.output_dir, self.model_cfg, backend.to_host(model.params),
+                                   backend.act_dtype != np.float32, state)
+        self.last_checkpoint = self.step
+        for step in checkpoint.prune_checkpoints(c.output_dir, c.checkpoints_keep, c.major_checkpoint_every,
+                                                 c.process_rank):
+            self.out(f"Deleting checkpoint at step {step}")
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """With -o, SIGINT/SIGTERM ask for a checkpoint and a stop at the next step boundary; a second
+        one acts as usual (the checkpoint files are written atomically either way)."""
+        if self.log_path is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.stop_signal is not None:
+                signal.signal(signum, previous[signum])
+                signal.raise_signal(signum)
+            self.stop_signal = signum
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # ------------------------------------------------------------------ evaluation and samples
+    def _load_hellaswag(self) -> list | None:
+        c = self.cfg
+        if not c.hellaswag:
+            return None
+        if not Path(c.hellaswag_path).is_file():
+            self.out(f"HellaSwag eval not found at {c.hellaswag_path}, skipping its evaluation")
+            self.out("You can run `llmc prepro hellaswag` to export and use it with `-h 1`.")
+            return None
+        examples = read_eval_shard(c.hellaswag_path)
+        check_examples(examples, c.B, c.T, self.model_cfg.vocab_size, c.hellaswag_path)
+        return examples
+
+    def sample(self) -> None:
+        """llm.c's mid-run sample: from <|endoftext|>, genT - 1 tokens, xorshift seeded 1337, streamed."""
+        if self.decoder is None:
+            self.decoder = load_decoder()
+        V, eot = self.model_cfg.vocab_size, self.decoder.eot
+        if eot >= V:
+            self.out(f"no samples: the model's vocab of {V} has no <|endoftext|> ({eot}) to start from")
+            self.sample_every = 0
+            return
+        n = min(self.cfg.gen_tokens - 1, max_new_tokens(self.model_cfg, 1))
+        if n <= 0:
+            return
+        backend, params = self.backend, self.model.params
+        if backend.act_dtype != np.float32:  # the sampler computes in fp32
+            params = backend.to_device(backend.to_host(params), np.float32)
+        self.out("generating:\n---")
+        for token in generate(self.model_cfg, params, backend.xp, [eot], n, XorShift(1337)):
+            self.stream(self.decoder(token))
+        self.stream(self.decoder.flush())
+        self.out("\n---")
 
     def log(self, line: str) -> None:
         if self.log_path is not None:
@@ -113,8 +302,10 @@ class Trainer:
                      ("weight decay", f"{c.weight_decay:e}"), ("max_steps", c.max_steps),
                      ("val_loss_every", c.val_every), ("val_max_steps", c.val_max_steps),
                      ("sample_every", c.sample_every), ("genT", c.gen_tokens),
-                     ("overfit_single_batch", c.overfit_single_batch), ("device", self.backend.name)], self.out)
-        print_table([("weight init method", c.model), ("max_sequence_length T", m.max_seq_len),
+                     ("overfit_single_batch", c.overfit_single_batch), ("checkpoint_every", c.checkpoint_every),
+                     ("resume", c.resume), ("run hellaswag", "yes" if self.hellaswag else "no"),
+                     ("device", self.backend.name)], self.out)
+        print_table([("weight init method", "intermediate checkpoint" if self.resumed else c.model), ("max_sequence_length T", m.max_seq_len),
                      ("vocab_size V", m.vocab_size), ("padded_vocab_size Vp", m.padded_vocab_size),
                      ("num_layers L", m.num_layers), ("num_heads NH", m.num_heads), ("channels C", m.channels),
                      ("num_parameters", num_parameters(m)), ("train_num_batches", self.num_steps),
@@ -128,11 +319,19 @@ class Trainer:
         self.model.forward(dloss=1.0 / (self.cfg.B * self.cfg.T * self.grad_accum))
         self.model.backward()
 
+    def _check_tokens(self, x: np.ndarray, y: np.ndarray, loader: DataLoader) -> None:
+        top = max(int(x.max()), int(y.max()))
+        if top >= self.model_cfg.vocab_size:
+            shard = loader.shard_order[loader.shard] if loader.shuffle else loader.shard
+            raise LlmcError(f"{loader.files[shard]}: token id {top} is outside the model's vocab of "
+                            f"{self.model_cfg.vocab_size}")
+
     def validate(self) -> float:
         self.val_loader.reset()
         total = 0.0
         for _ in range(self.val_steps):
             x, y = self.val_loader.next_batch()
+            self._check_tokens(x, y, self.val_loader)
             self.model.set_batch(x, y)
             self.model.forward()
             total += self.model.mean_loss()
@@ -141,19 +340,28 @@ class Trainer:
     def optimizer_step(self) -> tuple[float, float, float, float, float]:
         """One step of grad_accum micro-batches and the update: (loss, loss z, norm, norm z, lr)."""
         c, model = self.cfg, self.model
+        loader_state = self.train_loader.state()  # this step boundary's, for a checkpoint if the step fails
         if c.overfit_single_batch:
             self.train_loader.reset()
         model.zero_grad()
         loss = 0.0
         for _ in range(self.grad_accum):
             x, y = self.train_loader.next_batch()
+            self._check_tokens(x, y, self.train_loader)
             model.set_batch(x, y)
             self.train_step()
             loss += model.mean_loss()
         loss /= self.grad_accum
+        norm = model.grad_norm()
+        if not (math.isfinite(loss) and math.isfinite(norm)):  # stop before the update spoils the state
+            where = ""
+            if self.log_path is not None:
+                self.save_checkpoint(loader_state)
+                where = f"; the checkpoint of step {self.step} in {c.output_dir} holds the last good state"
+            raise LlmcError(f"loss {loss}, gradient norm {norm} at step {self.step + 1}: stopped before "
+                            f"the update{where}")
         zloss = self.loss_detector.update(loss)
         lr = learning_rate(c.schedule, self.step, c.lr, c.warmup, self.num_steps, c.final_lr_frac)
-        norm = model.grad_norm()
         zgrad = self.grad_detector.update(norm)
         if math.isfinite(zloss) and c.skip_loss_z and zloss > c.skip_loss_z:
             self.out(f"skipping update due to loss z-score of {zloss:f}")
@@ -167,31 +375,51 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
+        with self._stop_on_signals():
+            self._loop()
+
+    def _loop(self) -> None:
         c = self.cfg
         tokens_per_step = self.total_batch
-        ema_tps, total_time = 0.0, 0.0
-        while self.step <= self.num_steps:
+        ema_tps, total_time, steps_run = 0.0, 0.0, 0
+        while True:
             last = self.step == self.num_steps
+            if self.stop_signal is not None and not last:
+                if self.step != self.last_checkpoint:
+                    self.save_checkpoint()
+                self.out(f"stopped by {signal.Signals(self.stop_signal).name} at step {self.step}; "
+                         f"continue with -y 1 -o {c.output_dir}")
+                return
             if self.step % c.val_every == 0 or last:
                 val = self.validate()
                 self.out(f"val loss {val:f}")
                 self.log(f"s:{self.step} tel:{val:.4f}")
+            if self.hellaswag is not None and ((self.step > 0 and self.step % c.val_every == 0) or last):
+                acc = evaluate(self.model, self.hellaswag)
+                self.out(f"HellaSwag: {round(acc * len(self.hellaswag))}/{len(self.hellaswag)} = {acc:f}")
+                self.log(f"s:{self.step} eval:{acc:.4f}")
+            if self.sample_every > 0 and ((self.step > 0 and self.step % self.sample_every == 0) or last):
+                self.sample()
+            if (self.log_path is not None and c.checkpoint_every > 0 and self.step != self.last_checkpoint
+                    and ((self.step > 0 and self.step % c.checkpoint_every == 0) or last)):
+                self.save_checkpoint()
             if last:
                 break
             t0 = time.perf_counter()
             loss, zloss, norm, zgrad, lr = self.optimizer_step()
             self.backend.synchronize()
             dt = time.perf_counter() - t0
-            if not math.isfinite(loss):
-                raise LlmcError(f"loss became {loss} at step {self.step + 1}; stopping")
             tps = tokens_per_step / dt
-            if self.step > 0:  # step 0 is warmup
+            if steps_run > 0:  # this process's first step is warmup (llm.c: step 0)
                 total_time += dt
                 ema_tps = 0.95 * ema_tps + 0.05 * tps
-                tps = ema_tps / (1.0 - 0.95 ** self.step)
+                tps = ema_tps / (1.0 - 0.95 ** steps_run)
+            steps_run += 1
+            eta = (total_time / (steps_run - 1) if steps_run > 1 else dt) * (self.num_steps - self.step - 1)
             self.out(f"step {self.step + 1:4d}/{self.num_steps} | loss {loss:7.6f} ({zloss:+.2f}z)| "
-                     f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {tps:.0f} tok/s")
+                     f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {tps:.0f} tok/s | "
+                     f"ETA {_duration(eta)}")
             self.log(f"s:{self.step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
             self.step += 1
-        if self.num_steps > 1:
-            self.out(f"total average iteration time: {total_time / (self.num_steps - 1) * 1000:f} ms")
+        if steps_run > 1:
+            self.out(f"total average iteration time: {total_time / (steps_run - 1) * 1000:f} ms")

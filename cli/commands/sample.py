@@ -1,11 +1,62 @@
-"""`llmc sample`."""
+"""`llmc sample`: stream text from a model with a KV cache."""
+
+import time
 
 import click
 
 
-@click.command("sample", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Generate text from a checkpoint.
+@click.command("sample")
+@click.option("-e", "model", default="gpt2_124M.bin", show_default=True,
+              help="model: a .bin checkpoint (llm.c format), or d6|d12|... for a random init")
+@click.option("--prompt", default="", help="text to continue (GPT-2 BPE); generation starts after <|endoftext|>")
+@click.option("-g", "tokens", type=int, default=256, show_default=True, help="tokens to generate at most")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="softmax temperature (0 = greedy)")
+@click.option("--top-k", type=int, default=0, show_default=True, help="sample from the k likeliest tokens (0 = all)")
+@click.option("--seed", type=int, default=1337, show_default=True, help="xorshift sampler seed (llm.c's is 1337)")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
+              help="llm.c's gpt2_tokenizer.bin for decoding [default: it if in the cwd, else GPT-2's BPE]")
+@click.option("--kv-cache/--no-kv-cache", default=True, show_default=True,
+              help="--no-kv-cache re-runs the whole prefix for every token (llm.c's way; for comparison)")
+def command(model: str, prompt: str, tokens: int, temperature: float, top_k: int, seed: int, device: str,
+            tokenizer: str | None, kv_cache: bool) -> None:
+    """Generate text from a model, printing tokens as they come; stops at <|endoftext|> or -g tokens.
 
-    Example: llmc sample -e gpt2_124M.bin --prompt 'Hello'"""
-    raise click.ClickException("llmc sample is not implemented yet")
+    Example: llmc sample -e gpt2_124M.bin --prompt 'The meaning of life is' -g 64 --top-k 40
+    """
+    import numpy as np
+
+    from llmc.core.backends import get_backend
+    from llmc.core.errors import LlmcError
+    from llmc.core.init import load_params
+    from llmc.core.rand import XorShift
+    from llmc.core.sample import encode_prompt, generate, load_decoder, max_new_tokens
+
+    if tokens < 1 or temperature < 0 or top_k < 0:
+        raise LlmcError("-g takes >= 1 tokens, --temperature >= 0 and --top-k >= 0")
+    if not 0 < seed < 2**64:
+        raise LlmcError(f"--seed must be in 1 .. 2^64-1 (an xorshift state), not {seed}")
+    backend = get_backend(device)
+    cfg, params = load_params(model)
+    decoder = load_decoder(tokenizer)
+    if decoder.eot >= cfg.vocab_size:
+        raise LlmcError(f"{model}: the model's vocab of {cfg.vocab_size} has no <|endoftext|> ({decoder.eot}) to start from")
+    context = [decoder.eot, *encode_prompt(prompt)]
+    limit = max_new_tokens(cfg, len(context))
+    if limit < 1:
+        raise LlmcError(f"the prompt is {len(context) - 1} tokens; the model's max_seq_len is {cfg.max_seq_len}")
+    n = min(tokens, limit)
+    params = backend.to_device(params, np.float32)
+    click.echo(prompt, nl=False)
+    t0, count = time.perf_counter(), 0
+    for token in generate(cfg, params, backend.xp, context, n, XorShift(seed), temperature, top_k, kv_cache):
+        if token == decoder.eot:
+            break
+        click.echo(decoder(token), nl=False)
+        count += 1
+    click.echo(decoder.flush())
+    dt = time.perf_counter() - t0
+    if n < tokens:
+        click.echo(f"stopped at the model's max_seq_len of {cfg.max_seq_len} positions", err=True)
+    click.echo(f"{count} tokens in {dt:.2f} s: {count / dt:.1f} tok/s "
+               f"({'KV cache' if kv_cache else 'no KV cache'}, {device})", err=True)
