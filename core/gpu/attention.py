@@ -1,0 +1,213 @@
+"""Causal multi-head attention on the fused qkv layout (B, T, 3C) = (B, T, 3, NH, HS).
+
+cuDNN's fused flash attention (SDPA) through nvidia-cudnn-frontend when available: q, k and v are
+strided views into qkv (no permute kernels), one forward and one backward graph per shape, built
+once. The saved state is the softmax log-sum-exp (B, NH, T). Without cuDNN (or for a shape it
+rejects), a fallback computes the same thing from cuBLASLt batched matmuls over the heads of one
+batch element at a time and the softmax kernels of kernels/attention.cu, keeping the same state.
+"""
+
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmc.core.gpu.cublaslt import gemm
+from llmc.core.gpu.runtime import BF16, check, check_arrays, launch, scratch, stream
+
+try:
+    import cudnn
+except (ImportError, OSError):  # not installed, or its libcudnn missing
+    cudnn = None
+
+BACKEND = "cudnn" if cudnn is not None else "fallback"  # tests switch this to check the fallback
+
+
+def attention_stats_shape(B: int, T: int, NH: int) -> tuple[int, ...]:
+    return (B, NH, T)
+
+
+@dataclass(frozen=True)
+class Shape:
+    B: int
+    T: int
+    NH: int
+    HS: int
+
+    @property
+    def C(self) -> int:
+        return self.NH * self.HS
+
+
+def _shape(op: str, qkv, out, stats, num_heads: int) -> Shape:
+    check_arrays(op, BF16, qkv, out)
+    check_arrays(op, np.float32, stats)
+    check(qkv.ndim == 3 and qkv.shape[2] % 3 == 0, f"{op}: qkv must be (B, T, 3*C)")
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    check(num_heads > 0 and C % num_heads == 0, f"{op}: {C} channels not divisible by {num_heads} heads")
+    check(out.shape == (B, T, C), f"{op}: attention output must be ({B}, {T}, {C})")
+    check(stats.shape == (B, num_heads, T), f"{op}: stats must be {attention_stats_shape(B, T, num_heads)}")
+    check((C // num_heads) % 8 == 0, f"{op}: head size {C // num_heads} must be a multiple of 8")
+    return Shape(B, T, num_heads, C // num_heads)
+
+
+# ----------------------------------------------------------------------------- cuDNN
+
+class _CudnnSdpa:
+    """cuDNN forward and backward graphs for one shape; tensors are strided views into qkv/dqkv."""
+    _handle = None
+
+    def __init__(self, s: Shape):
+        if _CudnnSdpa._handle is None:
+            _CudnnSdpa._handle = cudnn.create_handle()
+            cudnn.set_stream(handle=_CudnnSdpa._handle, stream=stream.ptr)
+        dt = cudnn.data_type
+        self.dims = [s.B, s.NH, s.T, s.HS]
+        self.qkv_stride = [s.T * 3 * s.C, s.HS, 3 * s.C, 1]
+        self.out_stride = [s.T * s.C, s.HS, s.C, 1]
+        self.stats_dims, self.stats_stride = [s.B, s.NH, s.T, 1], [s.NH * s.T, s.T, 1, 1]
+        self.scale = 1.0 / math.sqrt(s.HS)
+        self.shape = s
+        self.fwd = self.bwd = None
+        self.io, self.f32 = dt.BFLOAT16, dt.FLOAT
+
+    def _graph(self):
+        return cudnn.pygraph(io_data_type=self.io, intermediate_data_type=self.f32, compute_data_type=self.f32,
+                             handle=self._handle)
+
+    def _tensor(self, g, name: str, stride: list[int]):
+        return g.tensor(name=name, dim=self.dims, stride=stride, data_type=self.io)
+
+    def _mask(self) -> dict:
+        return dict(attn_scale=self.scale, diagonal_alignment=cudnn.diagonal_alignment.TOP_LEFT,
+                    diagonal_band_right_bound=0)
+
+    def build_forward(self) -> None:
+        g = self._graph()
+        q, k, v = (self._tensor(g, n, self.qkv_stride) for n in "qkv")
+        o, stats = g.sdpa(name="sdpa", q=q, k=k, v=v, generate_stats=True, **self._mask())
+        o.set_output(True).set_dim(self.dims).set_stride(self.out_stride).set_data_type(self.io)
+        stats.set_output(True).set_dim(self.stats_dims).set_stride(self.stats_stride).set_data_type(self.f32)
+        g.build([cudnn.heur_mode.A])
+        self.fwd, self.fwd_tensors = g, (q, k, v, o, stats)
+
+    def build_backward(self) -> None:
+        g = self._graph()
+        q, k, v = (self._tensor(g, n, self.qkv_stride) for n in "qkv")
+        o = self._tensor(g, "o", self.out_stride)
+        do = self._tensor(g, "do", self.out_stride)
+        stats = g.tensor(name="stats", dim=self.stats_dims, stride=self.stats_stride, data_type=self.f32)
+        dq, dk, dv = g.sdpa_backward(name="sdpa_backward", q=q, k=k, v=v, o=o, dO=do, stats=stats, **self._mask())
+        for t in (dq, dk, dv):
+            t.set_output(True).set_dim(self.dims).set_stride(self.qkv_stride).set_data_type(self.io)
+        g.build([cudnn.heur_mode.A])
+        self.bwd, self.bwd_tensors = g, (q, k, v, o, do, stats, dq, dk, dv)
+
+    def _workspace(self, g) -> int:
+        return scratch("cudnn_workspace", g.get_workspace_size()).data.ptr
+
+    def forward(self, out, stats, qkv) -> None:
+        q, k, v, o, st = self.fwd_tensors
+        p, e = qkv.data.ptr, 2 * self.shape.C  # bytes from q to k (and k to v) within a row
+        self.fwd.execute({q: p, k: p + e, v: p + 2 * e, o: out.data.ptr, st: stats.data.ptr},
+                         self._workspace(self.fwd), handle=self._handle)
+
+    def backward(self, dqkv, dout, qkv, out, stats) -> None:
+        q, k, v, o, do, st, dq, dk, dv = self.bwd_tensors
+        p, d, e = qkv.data.ptr, dqkv.data.ptr, 2 * self.shape.C
+        self.bwd.execute({q: p, k: p + e, v: p + 2 * e, o: out.data.ptr, do: dout.data.ptr, st: stats.data.ptr,
+                          dq: d, dk: d + e, dv: d + 2 * e}, self._workspace(self.bwd), handle=self._handle)
+
+
+_sdpa: dict[Shape, _CudnnSdpa] = {}
+_rejected: set[tuple[Shape, str]] = set()
+
+
+def _cudnn(s: Shape, direction: str) -> _CudnnSdpa | None:
+    """The shape's cuDNN graphs with `direction` built, or None (the fallback runs) where cuDNN
+    is absent or rejects the shape."""
+    if BACKEND != "cudnn" or (s, direction) in _rejected:
+        return None
+    sdpa = _sdpa.get(s) or _sdpa.setdefault(s, _CudnnSdpa(s))
+    if getattr(sdpa, {"forward": "fwd", "backward": "bwd"}[direction]) is None:
+        check(not stream.is_capturing(), "attention: cuDNN graphs must be built before a CUDA graph capture")
+        try:
+            getattr(sdpa, f"build_{direction}")()
+        except Exception as e:  # cudnn raises its own error types for unsupported graphs
+            print(f"llmc: cuDNN attention {direction} unavailable for {s} ({e}); using the fallback",
+                  file=sys.stderr)
+            _rejected.add((s, direction))
+            return None
+    return sdpa
+
+
+# ----------------------------------------------------------------------------- fallback
+
+def _scores(s: Shape, b: int, qkv) -> tuple:
+    """S (NH, T, T) fp32 = scale * q k^T for batch element b; returns (S, P) scratch buffers."""
+    T, C, HS, NH = s.T, s.C, s.HS, s.NH
+    S = scratch("attention_S", NH * T * T * 4)
+    P = scratch("attention_P", NH * T * T * 2)
+    q = qkv.data.ptr + b * T * 3 * C * 2
+    gemm(S.data.ptr, q, q + 2 * C, T, T, HS, lda=3 * C, ldb=3 * C, ldd=T, trans_b=True, out_f32=True,
+         alpha=1.0 / math.sqrt(HS), batch=NH, stride_a=HS, stride_b=HS, stride_d=T * T)
+    return S, P
+
+
+def _fallback_forward(s: Shape, out, stats, qkv) -> None:
+    T, C, HS, NH = s.T, s.C, s.HS, s.NH
+    for b in range(s.B):
+        S, P = _scores(s, b, qkv)
+        launch("attention", "attention_softmax_forward", NH * T, 256,
+               (P, np.uint64(stats.data.ptr + b * NH * T * 4), S, np.int32(T), np.int32(1)))
+        v = qkv.data.ptr + (b * T * 3 * C + 2 * C) * 2
+        gemm(out.data.ptr + b * T * C * 2, P.data.ptr, v, T, HS, T, lda=T, ldb=3 * C, ldd=C,
+             batch=NH, stride_a=T * T, stride_b=HS, stride_d=HS)
+
+
+def _fallback_backward(s: Shape, dqkv, dout, qkv, stats) -> None:
+    T, C, HS, NH = s.T, s.C, s.HS, s.NH
+    for b in range(s.B):
+        S, P = _scores(s, b, qkv)
+        launch("attention", "attention_softmax_forward", NH * T, 256,
+               (P, np.uint64(stats.data.ptr + b * NH * T * 4), S, np.int32(T), np.int32(0)))
+        q = qkv.data.ptr + b * T * 3 * C * 2
+        dq = dqkv.data.ptr + b * T * 3 * C * 2
+        do = dout.data.ptr + b * T * C * 2
+        batched = dict(batch=NH, stride_a=T * T, stride_b=HS, stride_d=HS)
+        # dv = P^T dout
+        gemm(dq + 4 * C, P.data.ptr, do, T, HS, T, lda=T, ldb=C, ldd=3 * C, trans_a=True, **batched)
+        # dP = dout v^T, over S
+        gemm(S.data.ptr, do, q + 4 * C, T, T, HS, lda=C, ldb=3 * C, ldd=T, trans_b=True, out_f32=True,
+             batch=NH, stride_a=HS, stride_b=HS, stride_d=T * T)
+        launch("attention", "attention_softmax_backward", NH * T, 256,
+               (P, S, np.int32(T), np.float32(1.0 / math.sqrt(HS))))
+        # dq = dS k, dk = dS^T q
+        gemm(dq, P.data.ptr, q + 2 * C, T, HS, T, lda=T, ldb=3 * C, ldd=3 * C, **batched)
+        gemm(dq + 2 * C, P.data.ptr, q, T, HS, T, lda=T, ldb=3 * C, ldd=3 * C, trans_a=True, **batched)
+
+
+# ----------------------------------------------------------------------------- the primitives
+
+def attention_forward(out, stats, qkv, num_heads: int) -> None:
+    """Causal attention, scale 1/sqrt(HS): out (B,T,C) from qkv (B,T,3C); stats (B,NH,T) log-sum-exp."""
+    s = _shape("attention_forward", qkv, out, stats, num_heads)
+    sdpa = _cudnn(s, "forward")
+    if sdpa is not None:
+        sdpa.forward(out, stats, qkv)
+    else:
+        _fallback_forward(s, out, stats, qkv)
+
+
+def attention_backward(dqkv, dout, qkv, out, stats, num_heads: int) -> None:
+    """dqkv (B,T,3C) = gradient of attention_forward given dout (B,T,C)."""
+    s = _shape("attention_backward", qkv, out, stats, num_heads)
+    check_arrays("attention_backward", BF16, dqkv, dout)
+    check(dqkv.shape == qkv.shape and dout.shape == out.shape, "attention_backward: gradient shapes differ")
+    sdpa = _cudnn(s, "backward")
+    if sdpa is not None:
+        sdpa.backward(dqkv, dout, qkv, out, stats)
+    else:
+        _fallback_backward(s, dqkv, dout, qkv, stats)

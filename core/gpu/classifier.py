@@ -1,0 +1,25 @@
+"""The fused classifier (kernels/classifier.cu): cross-entropy losses and, in the same pass over
+the logits, dlogits written in place. Target ids outside [0, V) give NaN losses (checked on the
+host by the loop) rather than a device-to-host read here, which a CUDA graph cannot hold."""
+
+import numpy as np
+
+from llmc.core.gpu.runtime import BF16, check, check_arrays, launch, rows
+
+THREADS = 512
+
+
+def softmax_crossentropy(losses, logits, targets, vocab_size: int, dloss: float | None = None) -> None:
+    """losses (B,T) fp32 = -log softmax(logits[..., :V])[target]; with dloss, logits (B,T,Vp) become
+    (softmax - onehot) * dloss, padded columns zero."""
+    op = "softmax_crossentropy"
+    check_arrays(op, BF16, logits)
+    check_arrays(op, np.float32, losses)
+    check_arrays(op, np.int32, targets)
+    N, Vp = rows(logits)
+    check(losses.size == N and targets.size == N, f"{op}: losses and targets need {N} entries")
+    check(0 < vocab_size <= Vp, f"{op}: vocab size {vocab_size} outside (0, {Vp}]")
+    check(Vp % 8 == 0, f"{op}: padded vocab {Vp} must be a multiple of 8")
+    launch("classifier", "softmax_crossentropy", N, THREADS,
+           (losses, logits, targets, np.int32(vocab_size), np.int32(Vp),
+            np.float32(0.0 if dloss is None else dloss), np.int32(dloss is not None)))

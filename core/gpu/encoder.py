@@ -1,0 +1,37 @@
+"""Token + position embedding (kernels/encoder.cu). The backward is deterministic: positions are
+sorted by token on the GPU and each token's gradient rows are summed in position order."""
+
+import numpy as np
+
+from llmc.core.gpu.runtime import BF16, cdiv, check, check_arrays, launch, scratch
+
+
+def _check(op: str, out, inp, wte, wpe) -> tuple[int, int, int, int]:
+    check_arrays(op, BF16, out, wte, wpe)
+    check_arrays(op, np.int32, inp)
+    check(inp.ndim == 2, f"{op}: tokens must be (B, T)")
+    (B, T), (Vp, C) = inp.shape, wte.shape
+    check(out.shape == (B, T, C), f"{op}: activations must be ({B}, {T}, {C}), got {tuple(out.shape)}")
+    check(wpe.ndim == 2 and wpe.shape[1] == C and wpe.shape[0] >= T, f"{op}: wpe {tuple(wpe.shape)} too small for T={T}")
+    check(C % 8 == 0 and C <= 8 * 1024, f"{op}: channels {C} must be a multiple of 8, at most 8192")
+    return B, T, C, Vp
+
+
+def encoder_forward(out, inp, wte, wpe) -> None:
+    """out (B,T,C) = wte[inp] + wpe[:T]."""
+    B, T, C, Vp = _check("encoder_forward", out, inp, wte, wpe)
+    threads = B * T * C // 8
+    launch("encoder", "encoder_forward", cdiv(threads, 256), 256,
+           (out, inp, wte, wpe, np.int32(B * T), np.int32(T), np.int32(C), np.int32(Vp)))
+
+
+def encoder_backward(dwte, dwpe, dout, inp) -> None:
+    """dwte[inp] += dout; dwpe[:T] += dout summed over B."""
+    B, T, C, Vp = _check("encoder_backward", dout, inp, dwte, dwpe)
+    N = B * T
+    launch("encoder", "encoder_backward_wpe", cdiv(T * C // 8, 256), 256,
+           (dwpe, dout, np.int32(B), np.int32(T), np.int32(C)))
+    sorted_positions = scratch("encoder_sorted", N * 4)
+    launch("encoder", "encoder_sort_positions", cdiv(N, 256), 256, (sorted_positions, inp, np.int32(N)))
+    launch("encoder", "encoder_backward_wte", N, C // 8,
+           (dwte, sorted_positions, inp, dout, np.int32(N), np.int32(C), np.int32(Vp)))

@@ -1,0 +1,112 @@
+// Shared helpers for llmc's bf16 kernels: 128-bit packs of 8 bf16, warp/block reductions.
+// Inlined into every kernel file by llmc.core.gpu.runtime (so the kernel cache sees its text).
+#pragma once
+#include <cuda_bf16.h>
+
+typedef __nv_bfloat16 bf16;
+
+#define WARP_SIZE 32
+#define PACK 8  // bf16 per 128-bit access
+#define NEG_INF __int_as_float(0xff800000)
+#define QNAN __int_as_float(0x7fc00000)
+
+// load 8 bf16 (16-byte aligned) and widen to fp32
+__device__ __forceinline__ void load8(float (&out)[PACK], const bf16* p) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < PACK / 2; i++) {
+        float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+// streaming variant for data read exactly once (keeps it out of the way in L1/L2)
+__device__ __forceinline__ void load8_cs(float (&out)[PACK], const bf16* p) {
+    uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < PACK / 2; i++) {
+        float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+// round 8 fp32 to bf16 (nearest even) and store 16 bytes
+__device__ __forceinline__ void store8(bf16* p, const float (&in)[PACK]) {
+    uint4 raw;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < PACK / 2; i++) h[i] = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
+    *reinterpret_cast<uint4*>(p) = raw;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `shared` holds 32 floats; the call is a barrier.
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    v = warp_sum(v);
+    __syncthreads();  // shared may still be read by a previous call
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* shared) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : NEG_INF;
+    return warp_max(v);
+}
+
+// Column sums of fp32 partials: returns sum over i < slices of partial[i * cols + col] for
+// col = blockIdx.x * 32 + threadIdx.x, in a fixed order. Block (32, 8): threadIdx.y strides the
+// slices, then the 8 subtotals are added in order. Valid in threadIdx.y == 0 (col < cols).
+__device__ __forceinline__ float column_sum(const float* partial, int slices, int cols) {
+    __shared__ float sub[8][WARP_SIZE];
+    int col = blockIdx.x * WARP_SIZE + threadIdx.x;
+    float s = 0.0f;
+    if (col < cols)
+        for (int i = threadIdx.y; i < slices; i += 8) s += partial[(long)i * cols + col];
+    sub[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    s = 0.0f;
+    if (threadIdx.y == 0)
+#pragma unroll
+        for (int y = 0; y < 8; y++) s += sub[y][threadIdx.x];
+    return s;
+}
+
+// 32-bit integer hash (a murmur3-style finalizer over position and seed): the random bits of
+// stochastic rounding, a pure function of (index, seed) so results never depend on the launch shape
+__device__ __forceinline__ unsigned int hash_u32(unsigned int x, unsigned int seed) {
+    x ^= seed * 0x9E3779B9u;
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    x ^= x >> 16;
+    x += seed;
+    x ^= x >> 15;
+    x *= 0x2C1B3C6Du;
+    x ^= x >> 12;
+    return x;
+}

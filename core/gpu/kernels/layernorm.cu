@@ -1,0 +1,138 @@
+// LayerNorm forward (plain and fused with the residual add) and backward. One warp per row of C
+// channels, 8 channels per 128-bit access; rows are re-read from L1 instead of held in registers,
+// so any C divisible by 8 works.
+#include "common.cuh"
+
+#define LN_EPS 1e-5f
+
+// normalizes row x (already in memory) into out; mean/rstd saved. Called by one whole warp.
+__device__ __forceinline__ void layernorm_row(bf16* out, float* mean, float* rstd, const bf16* x,
+                                              const bf16* weight, const bf16* bias, int C, float sum) {
+    int lane = threadIdx.x % WARP_SIZE;
+    float m = warp_sum(sum) / C;
+    float var = 0.0f, v[PACK];
+    for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
+        load8(v, x + c);
+#pragma unroll
+        for (int k = 0; k < PACK; k++) var += (v[k] - m) * (v[k] - m);
+    }
+    float s = rsqrtf(warp_sum(var) / C + LN_EPS);
+    float w[PACK], b[PACK], o[PACK];
+    for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
+        load8(v, x + c);
+        load8(w, weight + c);
+        load8(b, bias + c);
+#pragma unroll
+        for (int k = 0; k < PACK; k++) o[k] = (v[k] - m) * s * w[k] + b[k];
+        store8(out + c, o);
+    }
+    if (lane == 0) {
+        *mean = m;
+        *rstd = s;
+    }
+}
+
+extern "C" __global__ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp,
+                                             const bf16* weight, const bf16* bias, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    if (row >= N) return;
+    int lane = threadIdx.x % WARP_SIZE;
+    const bf16* x = inp + (long)row * C;
+    float sum = 0.0f, v[PACK];
+    for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
+        load8(v, x + c);
+#pragma unroll
+        for (int k = 0; k < PACK; k++) sum += v[k];
+    }
+    layernorm_row(out + (long)row * C, mean + row, rstd + row, x, weight, bias, C, sum);
+}
+
+// residual = inp1 + inp2 (rounded to bf16), then layernorm of that rounded residual
+extern "C" __global__ void residual_layernorm_forward(bf16* residual, bf16* out, float* mean, float* rstd,
+                                                      const bf16* inp1, const bf16* inp2,
+                                                      const bf16* weight, const bf16* bias, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    if (row >= N) return;
+    int lane = threadIdx.x % WARP_SIZE;
+    long off = (long)row * C;
+    float sum = 0.0f, a[PACK], b[PACK], r[PACK];
+    for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
+        load8_cs(a, inp1 + off + c);
+        load8_cs(b, inp2 + off + c);
+#pragma unroll
+        for (int k = 0; k < PACK; k++) r[k] = a[k] + b[k];
+        store8(residual + off + c, r);
+        load8(r, residual + off + c);  // the rounded values the statistics must see
+#pragma unroll
+        for (int k = 0; k < PACK; k++) sum += r[k];
+    }
+    layernorm_row(out + off, mean + row, rstd + row, residual + off, weight, bias, C, sum);
+}
+
+// Backward, part 1. Each warp walks rows (stride: all warps of the grid): dinp += the row's input
+// gradient, and the warp's own slice of dynamic shared memory (2*C floats: dweight then dbias,
+// channel-interleaved) accumulates its rows in order. The block then sums its warps in order into
+// scratch[blockIdx.x] (2*C floats); part 2 sums the blocks in order. Deterministic throughout.
+extern "C" __global__ void layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp,
+                                              const bf16* weight, const float* mean, const float* rstd,
+                                              int N, int C) {
+    extern __shared__ float acc[];  // (warps, 2*C)
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    float* dw = acc + (long)warp * 2 * C;
+    float* db = dw + C;
+    int C8 = C / PACK;  // channel c + k lives at [k * C8 + c / 8]: lanes hit distinct banks
+    for (int c = lane; c < 2 * C; c += WARP_SIZE) dw[c] = 0.0f;
+    __syncwarp();
+    float g[PACK], x[PACK], w[PACK], d[PACK];
+    for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
+        long off = (long)row * C;
+        float m = mean[row], s = rstd[row];
+        float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
+        for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
+            load8(g, dout + off + c);
+            load8(x, inp + off + c);
+            load8(w, weight + c);
+#pragma unroll
+            for (int k = 0; k < PACK; k++) {
+                float norm = (x[k] - m) * s;
+                float dnorm = w[k] * g[k];
+                dnorm_sum += dnorm;
+                dnorm_norm_sum += dnorm * norm;
+                dw[k * C8 + c / PACK] += norm * g[k];
+                db[k * C8 + c / PACK] += g[k];
+            }
+        }
+        float dnorm_mean = warp_sum(dnorm_sum) / C;
+        float dnorm_norm_mean = warp_sum(dnorm_norm_sum) / C;
+        for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
+            load8(g, dout + off + c);
+            load8(x, inp + off + c);
+            load8(w, weight + c);
+            load8(d, dinp + off + c);
+#pragma unroll
+            for (int k = 0; k < PACK; k++) {
+                float norm = (x[k] - m) * s;
+                d[k] += (w[k] * g[k] - dnorm_mean - norm * dnorm_norm_mean) * s;
+            }
+            store8(dinp + off + c, d);
+        }
+    }
+    __syncthreads();
+    float* out = scratch + (long)blockIdx.x * 2 * C;
+    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+        int half = c / C, ch = c % C, slot = half * C + (ch % PACK) * C8 + ch / PACK;
+        float sum = 0.0f;
+        for (int i = 0; i < warps; i++) sum += acc[(long)i * 2 * C + slot];
+        out[c] = sum;
+    }
+}
+
+// Backward, part 2: dweight += the blocks' partials summed in order, dbias likewise. Block (32, 8).
+extern "C" __global__ void layernorm_backward_reduce(bf16* dweight, bf16* dbias, const float* scratch,
+                                                     int blocks, int C) {
+    float sum = column_sum(scratch, blocks, 2 * C);
+    int c = blockIdx.x * WARP_SIZE + threadIdx.x;
+    if (threadIdx.y != 0 || c >= 2 * C) return;
+    bf16* dst = c < C ? dweight + c : dbias + (c - C);
+    *dst = __float2bfloat16(__bfloat162float(*dst) + sum);
+}

@@ -1,0 +1,33 @@
+"""AdamW and the squared global gradient norm (kernels/adamw.cu, kernels/global_norm.cu)."""
+
+import numpy as np
+
+from llmc.core.gpu.runtime import BF16, NUM_SMS, cdiv, check, check_arrays, launch, ptr, scratch
+
+NORM_BLOCKS = 4 * NUM_SMS
+
+
+def global_norm_squared(out, grads) -> None:
+    """out (1,) fp32 = sum of grads**2 (grads flat)."""
+    check_arrays("global_norm_squared", BF16, grads)
+    check_arrays("global_norm_squared", np.float32, out)
+    check(out.size >= 1, "global_norm_squared: out needs one element")
+    partial = scratch("norm_partial", NORM_BLOCKS * 4)
+    launch("global_norm", "norm_squared_partial", NORM_BLOCKS, 512, (partial, grads, np.int64(grads.size)))
+    launch("global_norm", "norm_squared_finish", 1, 1024, (out, partial, np.int32(NORM_BLOCKS)))
+
+
+def adamw_update(param, grad, m, v, master, lr: float, beta1: float, beta2: float, eps: float,
+                 weight_decay: float, step: int, grad_scale: float, seed: int) -> None:
+    """One AdamW step (step from 1) with grad * grad_scale; bf16 param, fp32 m, v and master.
+    With master, param = bf16(master) rounded to nearest; without, stochastically rounded."""
+    op = "adamw_update"
+    check_arrays(op, BF16, param, grad)
+    check_arrays(op, np.float32, m, v, master)
+    check(all(a.size == param.size for a in (grad, m, v, master) if a is not None), f"{op}: sizes differ")
+    check(step >= 1, f"{op}: step counts from 1")
+    n = param.size
+    launch("adamw", "adamw_update", max(1, cdiv(cdiv(n, 8), 256)), 256,
+           (param, ptr(master), grad, m, v, np.int64(n), np.float32(lr), np.float32(beta1), np.float32(beta2),
+            np.float32(1.0 - beta1 ** step), np.float32(1.0 - beta2 ** step), np.float32(eps),
+            np.float32(weight_decay), np.float32(grad_scale), np.uint32(seed & 0xFFFFFFFF)))

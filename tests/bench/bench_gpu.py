@@ -1,0 +1,248 @@
+"""GPU benchmark (make bench-gpu): llmc's GPU trainer vs a PyTorch reference of the same model, same
+command, same GPU.
+
+GPT-2 d12 (V=50257), T=1024, B=16 and B=64, no recompute, master weights: a full training step
+(batch upload, forward + backward as one CUDA graph, loss read-back, global norm, AdamW) timed by
+host clock around a synchronized step, median over the measured steps. The reference is PyTorch
+with torch.compile, flash attention (F.scaled_dot_product_attention), bf16 autocast and fused
+AdamW, fp32 weights. Each configuration runs in its own child process; peak memory is the device's
+used memory (total - free, llm.c's measure, CUDA context included) after the steps.
+`--profile` adds llmc's per-primitive GPU time (CUDA events around each eager call).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from types import SimpleNamespace
+
+import numpy as np
+
+PROMISED_BF16 = 989.4e12  # H100 / H200 SXM dense bf16 tensor-core FLOP/s
+
+
+def flops_per_token(cfg, T: int) -> int:
+    from llmc.core.config import num_parameters
+    return 6 * num_parameters(cfg) + 6 * cfg.num_layers * cfg.channels * T  # llm.c's MFU estimate
+
+
+def batches(cfg, B: int, T: int, n: int) -> list:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, cfg.vocab_size, (2, B, T)).astype(np.int32) for _ in range(n)]
+
+
+def device_used_mib() -> float:
+    import cupy as cp
+    free, total = cp.cuda.runtime.memGetInfo()
+    return (total - free) / 2 ** 20
+
+
+def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
+    from llmc.core import gpu
+    from llmc.core.init import load_params
+    from llmc.core.model import GPT
+
+    cfg, params = load_params(model)
+    gpt = GPT(cfg, gpu, params, B, T)
+    del params
+    train_step = gpu.graph(lambda: (gpt.forward(dloss=1.0 / (B * T)), gpt.backward()))
+    data = batches(cfg, B, T, 4)
+    times, losses = [], []
+    for step in range(warmup + steps):
+        x, y = data[step % len(data)]
+        t0 = time.perf_counter()
+        gpt.zero_grad()
+        gpt.set_batch(x, y)
+        train_step()
+        losses.append(gpt.mean_loss())
+        norm = gpt.grad_norm()
+        gpt.update(3e-4, 0.9, 0.95, 1e-8, 0.0, step + 1, 1.0 / max(norm, 1.0), seed=step)
+        gpu.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"cfg": cfg, "times": times[warmup:], "losses": losses, "mem_mib": device_used_mib()}
+
+
+def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
+    """GPU milliseconds per primitive (and matmul shape) over one eager step, events around calls."""
+    import cupy as cp
+
+    from llmc.core import gpu
+    from llmc.core.init import load_params
+    from llmc.core.model import GPT
+
+    totals, counts = defaultdict(float), defaultdict(int)
+    pending = []
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            key = name
+            if name.startswith("matmul"):
+                key = f"{name} {tuple(args[2 if name.endswith('forward') else 5].shape)}" + \
+                      (" gelu" if kwargs.get("pre_gelu") is not None else "")
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record(gpu.runtime.stream)
+            fn(*args, **kwargs)
+            end.record(gpu.runtime.stream)
+            pending.append((key, start, end))
+        return call
+
+    proxy = SimpleNamespace(**{n: getattr(gpu, n) for n in gpu.__all__})
+    for n in gpu.__all__:
+        if n.endswith(("_forward", "_backward", "_update", "_squared", "crossentropy")):
+            setattr(proxy, n, timed(n, getattr(gpu, n)))
+    cfg, params = load_params(model)
+    gpt = GPT(cfg, proxy, params, B, T)
+    x, y = batches(cfg, B, T, 1)[0]
+    gpt.set_batch(x, y)
+    for repeat in range(2):  # the first compiles and plans
+        pending.clear()
+        gpt.zero_grad()
+        gpt.forward(dloss=1.0 / (B * T))
+        gpt.backward()
+        gpt.grad_norm()
+        gpt.update(3e-4, 0.9, 0.95, 1e-8, 0.0, 1, 1.0)
+        gpu.synchronize()
+    for key, start, end in pending:
+        totals[key] += cp.cuda.get_elapsed_time(start, end)
+        counts[key] += 1
+    return sorted(((k, totals[k], counts[k]) for k in totals), key=lambda r: -r[1])
+
+
+def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from llmc.core.config import param_shapes
+    from llmc.core.init import load_params
+
+    cfg, params = load_params(model)
+    L, C, NH, V = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.vocab_size
+    flat = torch.from_numpy(params)
+    tensors, offset = {}, 0
+    for name, shape in param_shapes(cfg).items():
+        n = int(np.prod(shape))
+        tensors[name] = flat[offset: offset + n].view(shape)
+        offset += n
+
+    class Reference(nn.Module):
+        """GPT-2 as PyTorch users write it: one parameter per layer tensor, tied embedding."""
+
+        def __init__(self):
+            super().__init__()
+            p = lambda t: nn.Parameter(t.clone().cuda())  # noqa: E731
+            self.wte, self.wpe = p(tensors["wte"]), p(tensors["wpe"])
+            self.layers = nn.ModuleList()
+            for l in range(L):
+                layer = nn.Module()
+                for name in ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
+                             "fcw", "fcb", "fcprojw", "fcprojb"):
+                    setattr(layer, name, p(tensors[name][l]))
+                self.layers.append(layer)
+            self.lnfw, self.lnfb = p(tensors["lnfw"]), p(tensors["lnfb"])
+
+        def forward(self, idx, targets):
+            Bt, Tt = idx.shape
+            x = self.wte[idx] + self.wpe[:Tt]
+            for m in self.layers:
+                h = F.layer_norm(x, (C,), m.ln1w, m.ln1b, 1e-5)
+                q, k, v = F.linear(h, m.qkvw, m.qkvb).view(Bt, Tt, 3, NH, C // NH).permute(2, 0, 3, 1, 4)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(Bt, Tt, C)
+                x = x + F.linear(y, m.attprojw, m.attprojb)
+                h = F.layer_norm(x, (C,), m.ln2w, m.ln2b, 1e-5)
+                x = x + F.linear(F.gelu(F.linear(h, m.fcw, m.fcb), approximate="tanh"), m.fcprojw, m.fcprojb)
+            logits = F.linear(F.layer_norm(x, (C,), self.lnfw, self.lnfb, 1e-5), self.wte)
+            return F.cross_entropy(logits[..., :V].float().view(-1, V), targets.view(-1))
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    net = Reference()
+    del params, flat, tensors
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True)
+    compiled = torch.compile(net)
+    data = [tuple(torch.from_numpy(a).long() for a in xy) for xy in batches(cfg, B, T, 4)]
+    times, losses = [], []
+    for step in range(warmup + steps):
+        x, y = data[step % len(data)]
+        t0 = time.perf_counter()
+        x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = compiled(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    free, total = torch.cuda.mem_get_info()
+    return {"cfg": cfg, "times": times[warmup:], "losses": losses, "mem_mib": (total - free) / 2 ** 20}
+
+
+def child(which: str, model: str, B: int, T: int, warmup: int, steps: int, profile: bool) -> None:
+    r = (bench_llmc if which == "llmc" else bench_torch)(model, B, T, warmup, steps)
+    dt = float(np.median(r["times"]))
+    tok_s = B * T / dt
+    out = {"ms": dt * 1e3, "tok_s": tok_s, "mfu": tok_s * flops_per_token(r["cfg"], T) / PROMISED_BF16,
+           "mem_mib": r["mem_mib"], "first_loss": r["losses"][0], "last_loss": r["losses"][-1],
+           "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3}
+    if profile and which == "llmc":
+        out["profile"] = profile_llmc(model, B, T)
+    print(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-e", default="d12", help="model descriptor or .bin")
+    ap.add_argument("-b", type=int, nargs="+", default=[16, 64], help="batch sizes")
+    ap.add_argument("-t", type=int, default=1024)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--only", choices=["llmc", "torch"], help="run one side only")
+    ap.add_argument("--profile", action="store_true", help="llmc's per-primitive GPU time")
+    ap.add_argument("--child", choices=["llmc", "torch"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.e, args.b[0], args.t, args.warmup, args.steps, args.profile)
+    import cupy as cp
+    device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    sides = [args.only] if args.only else ["llmc", "torch"]
+    rows = []
+    for B in args.b:
+        results = {}
+        for which in sides:
+            cmd = [sys.executable, "-m", "tests.bench.bench_gpu", "--child", which, "-e", args.e, "-b", str(B),
+                   "-t", str(args.t), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+            if args.profile:
+                cmd.append("--profile")
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                print(proc.stdout, proc.stderr, file=sys.stderr)
+                results[which] = None
+                continue
+            results[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = results[which]
+            print(f"{which:5s} B={B:3d}: {r['ms']:8.2f} ms/step {r['tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
+                  f"mem {r['mem_mib'] / 1024:5.2f} GiB  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
+                  f"(spread {r['spread_ms']:.2f} ms)", flush=True)
+            for key, ms, n in r.get("profile", []):
+                print(f"      {ms:8.3f} ms  {n:4d}x  {key}")
+        rows.append((B, results))
+    print(f"\nGPT-2 {args.e}, T={args.t}, no recompute, {device}; median of {args.steps} steps after {args.warmup}")
+    print("| B | llmc ms/step | llmc tok/s | llmc MFU | llmc mem GiB | torch ms/step | torch tok/s | torch MFU "
+          "| torch mem GiB | llmc/torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for B, res in rows:
+        cells = []
+        for which in ("llmc", "torch"):
+            r = res.get(which)
+            cells += ["-"] * 4 if r is None else [f"{r['ms']:.2f}", f"{r['tok_s']:.0f}", f"{100 * r['mfu']:.1f}%",
+                                                  f"{r['mem_mib'] / 1024:.2f}"]
+        ratio = (f"{res['llmc']['tok_s'] / res['torch']['tok_s']:.2f}x"
+                 if res.get("llmc") and res.get("torch") else "-")
+        print(f"| {B} | " + " | ".join(cells) + f" | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
