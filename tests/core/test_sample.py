@@ -1,0 +1,112 @@
+"""KV-cache generation against the training model's forward, llm.c's sampler, streaming decode."""
+
+import numpy as np
+import pytest
+
+from llmc.core import cpu
+from llmc.core.config import GPTConfig
+from llmc.core.errors import LlmcError
+from llmc.core.init import random_init
+from llmc.core.model import GPT
+from llmc.core.rand import XorShift
+from llmc.core.sample import Decoder, KVCacheModel, generate, next_token, sample_softmax
+
+CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=32)
+
+
+@pytest.fixture(scope="module")
+def params():
+    p = random_init(CFG, seed=3)
+    p *= 4  # sharper logits than a fresh init, so sampling is not near-uniform
+    return p
+
+
+def full_forward_logits(params, tokens) -> np.ndarray:
+    """(len(tokens), V) logits from core/model.py's GPT (the training forward)."""
+    model = GPT(CFG, cpu, params, 1, len(tokens))
+    model.set_batch(np.asarray(tokens)[None])
+    model.forward(with_targets=False)
+    return model.acts["logits"][0, :, : CFG.vocab_size].copy()
+
+
+def test_kv_cache_logits_match_full_forward(params):
+    tokens = np.random.default_rng(1).integers(0, CFG.vocab_size, CFG.max_seq_len).tolist()
+    ref = full_forward_logits(params, tokens)
+    one_by_one = KVCacheModel(CFG, params, np, len(tokens))
+    logits = np.stack([one_by_one.forward([t]) for t in tokens])
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=2e-5)
+    chunks = KVCacheModel(CFG, params, np, len(tokens))  # a prefill of 11 positions, then 21 more
+    np.testing.assert_allclose(chunks.forward(tokens[:11]), ref[10], atol=2e-5)
+    np.testing.assert_allclose(chunks.forward(tokens[11:]), ref[-1], atol=2e-5)
+    with pytest.raises(LlmcError, match="past the KV cache"):
+        chunks.forward([0])
+
+
+def test_generated_tokens_match_full_forward_sampling(params):
+    prompt, n = [5, 17, 99], 25
+    tokens = list(generate(CFG, params, np, prompt, n, XorShift(7)))
+    rng, seq = XorShift(7), list(prompt)
+    for _ in range(n):  # the same draws, each from a whole re-forward of the training model
+        seq.append(next_token(full_forward_logits(params, seq)[-1], rng))
+    assert tokens == seq[len(prompt):]
+    assert list(generate(CFG, params, np, prompt, n, XorShift(7), kv_cache=False)) == tokens
+    assert list(generate(CFG, params, np, prompt, n, XorShift(7))) == tokens  # reproducible
+    assert list(generate(CFG, params, np, prompt, n, XorShift(8))) != tokens
+
+
+def test_generation_limits(params):
+    assert len(list(generate(CFG, params, np, [1, 2], CFG.max_seq_len - 1, XorShift(1)))) == CFG.max_seq_len - 1
+    with pytest.raises(LlmcError, match="do not fit"):
+        list(generate(CFG, params, np, [1, 2], CFG.max_seq_len, XorShift(1)))
+    with pytest.raises(LlmcError, match="outside the model's vocab"):
+        list(generate(CFG, params, np, [CFG.vocab_size], 3, XorShift(1)))
+
+
+def llmc_sample_softmax(logits: np.ndarray, coin: float) -> int:
+    """llm.c's sampler.h sample_softmax, literally: expf, a double norm, a float running cdf."""
+    e = [np.exp(np.float32(x)) for x in logits]
+    norm = 0.0
+    for x in e:
+        norm += float(x)
+    coin = np.float32(np.float32(coin) * norm)
+    cdf = np.float32(0)
+    for i, x in enumerate(e):
+        cdf = np.float32(cdf + x)
+        if coin < cdf:
+            return i
+    return len(logits) - 1
+
+
+def test_sample_softmax_is_llmc():
+    rng = np.random.default_rng(0)
+    rand = XorShift(1337)
+    for _ in range(200):
+        logits = (rng.standard_normal(50) * 3).astype(np.float32)
+        coin = rand.f32()
+        assert sample_softmax(logits, coin) == llmc_sample_softmax(logits, coin)
+    # large logits: llm.c's expf would overflow; subtracting the max keeps the draw sane
+    assert sample_softmax(np.array([500.0, 1000.0, 0.0], np.float32), 0.5) == 1
+
+
+def test_temperature_and_top_k():
+    logits = np.array([1.0, 3.0, 2.0, 2.9, -1.0], np.float32)
+    assert next_token(logits, XorShift(1), temperature=0) == 1
+    assert {next_token(logits, XorShift(s), top_k=1) for s in range(1, 50)} == {1}
+    assert {next_token(logits, XorShift(s), top_k=2) for s in range(1, 200)} == {1, 3}
+    hot = {next_token(logits, XorShift(s), temperature=100.0) for s in range(1, 200)}
+    assert hot == {0, 1, 2, 3, 4}
+
+
+def test_decoder_streams_split_characters():
+    pieces = {0: "é".encode()[:1], 1: "é".encode()[1:] + b"!", 2: b"\xff"}
+    d = Decoder(pieces.__getitem__, eot=9)
+    assert d(0) == "" and d(1) == "é!"
+    assert d(2) + d.flush() == "\ufffd"
+
+
+def test_gpt2_decoder_round_trip():
+    from llmc.core.sample import encode_prompt, load_decoder
+    d = load_decoder()
+    text = "Hello, wörld — ünïcode ✓"
+    assert "".join(d(t) for t in encode_prompt(text)) + d.flush() == text
+    assert d.eot == 50256 and d(50256) == "<|endoftext|>"
