@@ -21,6 +21,7 @@ from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes
 from llmc.core.formats import DebugState, write_debug_state, write_model
 
 LN_EPS = 1e-5
+PER_LAYER = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb")
 # test_gpt2.c's AdamW
 TEST_LR, TEST_BETAS, TEST_EPS, TEST_WEIGHT_DECAY = 1e-4, (0.9, 0.999), 1e-8, 0.01
 
@@ -50,18 +51,21 @@ class GPT2(nn.Module):
             raise ValueError(f"sequence length {T} > the model's max_seq_len {cfg.max_seq_len}")
         C, NH, V = cfg.channels, cfg.num_heads, cfg.vocab_size
         HS = C // NH
+        # per-layer views through one unbind each: its backward stacks the L gradients once, where
+        # indexing p[name][l] would add a zero-padded (L, ...) gradient per layer
+        layers = [dict(zip(PER_LAYER, ts)) for ts in zip(*(p[n].unbind(0) for n in PER_LAYER))]
         x = p["wte"][idx] + p["wpe"][:T]  # (B, T, C)
-        for l in range(cfg.num_layers):
-            h = F.layer_norm(x, (C,), p["ln1w"][l], p["ln1b"][l], LN_EPS)
-            qkv = F.linear(h, p["qkvw"][l], p["qkvb"][l])  # (B, T, 3*C)
+        for w in layers:
+            h = F.layer_norm(x, (C,), w["ln1w"], w["ln1b"], LN_EPS)
+            qkv = F.linear(h, w["qkvw"], w["qkvb"])  # (B, T, 3*C)
             q, k, v = qkv.view(B, T, 3, NH, HS).permute(2, 0, 3, 1, 4)  # each (B, NH, T, HS)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(HS))  # (B, NH, T, T)
             att = att.masked_fill(~self.causal[:T, :T], float("-inf")).softmax(dim=-1)
             y = (att @ v).transpose(1, 2).reshape(B, T, C)
-            x = x + F.linear(y, p["attprojw"][l], p["attprojb"][l])
-            h = F.layer_norm(x, (C,), p["ln2w"][l], p["ln2b"][l], LN_EPS)
-            h = F.gelu(F.linear(h, p["fcw"][l], p["fcb"][l]), approximate="tanh")  # (B, T, 4*C)
-            x = x + F.linear(h, p["fcprojw"][l], p["fcprojb"][l])
+            x = x + F.linear(y, w["attprojw"], w["attprojb"])
+            h = F.layer_norm(x, (C,), w["ln2w"], w["ln2b"], LN_EPS)
+            h = F.gelu(F.linear(h, w["fcw"], w["fcb"]), approximate="tanh")  # (B, T, 4*C)
+            x = x + F.linear(h, w["fcprojw"], w["fcprojb"])
         x = F.layer_norm(x, (C,), p["lnfw"], p["lnfb"], LN_EPS)
         logits = x @ p["wte"].T  # (B, T, Vp); the padded columns never reach the loss
         loss = None

@@ -224,3 +224,19 @@ def test_gpt2_vocab_export_writes_hf_tokenizer_and_llmc_tokenizer(tmp_path):
     text = "First Citizen:\n  Before we proceed any further, hear me speak.\n\nAll:\tSpeak, speak. 1234 'tis ü 🤗<|endoftext|>"
     assert tok.encode(text) == enc.encode(text, allowed_special="all")
     assert tok.decode(enc.encode_ordinary(text)) == text
+
+
+def test_llmc_cpu_forward_matches_transformers(hf_dir, hf_model):
+    from llmc.core import cpu
+    from llmc.core.model import GPT
+
+    cfg, flat = load_hf(str(hf_dir))
+    x = torch.randint(0, 101, (2, 24), generator=torch.Generator().manual_seed(2))
+    y = torch.roll(x, -1, dims=1)
+    model = GPT(cfg, cpu, flat, B=2, T=24)
+    model.set_batch(x.numpy(), y.numpy())
+    model.forward(with_targets=True)
+    hf_logits = hf_model(x).logits.detach().numpy()
+    np.testing.assert_allclose(model.acts["logits"][..., :101], hf_logits, rtol=0, atol=1e-5)
+    hf_loss = torch.nn.functional.cross_entropy(torch.from_numpy(hf_logits).reshape(-1, 101), y.reshape(-1))
+    assert abs(model.mean_loss() - hf_loss.item()) < 1e-5
