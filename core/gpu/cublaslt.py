@@ -1,7 +1,8 @@
 """Row-major GEMMs through raw cuBLASLt (nvmath-python's bindings): bf16 operands, fp32 accumulate,
-bf16 or fp32 output, optional bias/GELU/dGELU epilogues, strided batches. CuPy's own cuBLAS refuses
+bf16 or fp32 output, optional bias/GELU/dGELU/bias-gradient epilogues, strided batches. CuPy's own cuBLAS refuses
 CUDA-graph capture; these calls are captured like any kernel. A plan (descriptors, layouts and the
-heuristic's algorithm) is built once per shape and cached; pointers are set per call.
+algorithm, the fastest of the heuristic's top candidates timed on first use) is built once per
+shape and cached; pointers are set per call.
 
 cuBLASLt is column-major: a row-major (r, c) matrix with leading dimension ld is its column-major
 (c, r) transpose, so D = op(A) @ op(B) is computed as D^T = op(B)^T @ op(A)^T.
@@ -23,6 +24,10 @@ except ImportError as e:
 CUDA_R_32F, CUDA_R_16BF, COMPUTE_32F = 0, 14, 68
 OP_N, OP_T = 0, 1
 WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
+CANDIDATES = 8  # heuristic's algorithms timed per shape
+TUNE_RUNS = 3
+TUNE_MIN_FLOP = 2e9  # smaller products take the heuristic's first choice untimed
+_RESULT_BYTES = lt.matmul_heuristic_result_dtype.itemsize
 Epilogue = lt.Epilogue
 
 _handle = lt.create()
@@ -62,7 +67,11 @@ class _Key:
 
 
 class _Plan:
+    """Descriptors and layouts for one key, and the algorithm: the fastest of the heuristic's top
+    candidates, timed once on the first call's operands (see _tune)."""
+
     def __init__(self, k: _Key):
+        self.key = k
         self.desc = lt.matmul_desc_create(COMPUTE_32F, CUDA_R_32F)
         # cuBLASLt's first operand is row-major B, its second row-major A (see module docstring)
         _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.TRANSA, OP_T if k.trans_b else OP_N)
@@ -81,17 +90,20 @@ class _Plan:
         for attr, align in zip((P.MIN_ALIGNMENT_A_BYTES, P.MIN_ALIGNMENT_B_BYTES, P.MIN_ALIGNMENT_C_BYTES,
                                 P.MIN_ALIGNMENT_D_BYTES), (k.align[1], k.align[0], k.align[2], k.align[2])):
             _set(lt.matmul_preference_set_attribute, pref, attr, align)
-        self.result = lt.MatmulHeuristicResult(1)
+        self.results = lt.MatmulHeuristicResult(CANDIDATES)
         found = np.zeros(1, dtype=np.int32)
         try:
-            lt.matmul_algo_get_heuristic(_handle, self.desc, self.a, self.b, self.d, self.d, pref, 1,
-                                         self.result.ptr, found.ctypes.data)
+            lt.matmul_algo_get_heuristic(_handle, self.desc, self.a, self.b, self.d, self.d, pref, CANDIDATES,
+                                         self.results.ptr, found.ctypes.data)
         except lt.cuBLASLtError as e:
             raise LlmcError(f"cuBLASLt has no algorithm for {k}: {e}") from e
         finally:
             lt.matmul_preference_destroy(pref)
-        if found[0] == 0:
+        self.candidates = [i for i in range(int(found[0])) if self.results.state[i] == 0]
+        if not self.candidates:
             raise LlmcError(f"cuBLASLt has no algorithm for {k}")
+        self.algo = self.results.ptr + self.candidates[0] * _RESULT_BYTES
+        self.tuned = len(self.candidates) == 1 or 2 * k.M * k.N * k.K * k.batch < TUNE_MIN_FLOP
 
     @staticmethod
     def _layout(dtype: int, shape: tuple[int, int], ld: int, batch: int, stride: int) -> int:
@@ -101,10 +113,39 @@ class _Plan:
             _set(lt.matrix_layout_set_attribute, layout, lt.MatrixLayoutAttribute.STRIDED_BATCH_OFFSET, stride)
         return layout
 
-
-@functools.cache
-def _plan(key: _Key) -> _Plan:
-    return _Plan(key)
+    def _tune(self, alpha: int, a: int, b: int, beta: int, d: int, accumulate: bool, workspace: int) -> None:
+        """Time each candidate on the call's own operands and keep the fastest. Runs once, eagerly,
+        before any capture. A plain call just writes its outputs several times; an accumulating one
+        (beta != 0) writes a temporary copy instead."""
+        import cupy as cp
+        k = self.key
+        tmp = None
+        if accumulate:
+            tmp = cp.empty((k.stride_d * (k.batch - 1) + k.ldd * k.M) * (4 if k.out_f32 else 2), dtype=cp.uint8)
+            d = tmp.data.ptr
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        best = None
+        for i in self.candidates:
+            algo = self.results.ptr + i * _RESULT_BYTES
+            try:
+                for repeat in range(TUNE_RUNS + 1):
+                    if repeat == 1:
+                        start.record(stream)
+                    lt.matmul(_handle, self.desc, alpha, b, self.a, a, self.b, beta, d, self.d, d, self.d,
+                              algo, workspace, WORKSPACE_BYTES, stream.ptr)
+                end.record(stream)
+                end.synchronize()
+            except lt.cuBLASLtError:
+                continue
+            ms = cp.cuda.get_elapsed_time(start, end)
+            if best is None or ms < best[0]:
+                best = (ms, algo)
+        if best is not None:
+            self.algo = best[1]
+        self.tuned = True
+        if tmp is not None:
+            del tmp
+            cp.get_default_memory_pool().free_all_blocks()
 
 
 @functools.cache
@@ -134,5 +175,8 @@ def gemm(d: int, a: int, b: int, M: int, N: int, K: int, *, lda: int, ldb: int, 
         _ptr_attr(plan, lt.MatmulDescAttribute.BIAS_POINTER, bias)
     if aux:
         _ptr_attr(plan, lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, aux)
-    lt.matmul(_handle, plan.desc, _scalar(alpha).ctypes.data, b, plan.a, a, plan.b, _scalar(beta).ctypes.data,
-              d, plan.d, d, plan.d, plan.result.ptr, workspace.data.ptr, WORKSPACE_BYTES, stream.ptr)
+    alpha_ptr, beta_ptr = _scalar(alpha).ctypes.data, _scalar(beta).ctypes.data
+    if not plan.tuned and not stream.is_capturing():
+        plan._tune(alpha_ptr, a, b, beta_ptr, d, beta != 0.0, workspace.data.ptr)
+    lt.matmul(_handle, plan.desc, alpha_ptr, b, plan.a, a, plan.b, beta_ptr, d, plan.d, d, plan.d, plan.algo,
+              workspace.data.ptr, WORKSPACE_BYTES, stream.ptr)

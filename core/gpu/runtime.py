@@ -1,9 +1,10 @@
 """The GPU backend's runtime: CuPy, the backend's own CUDA stream, the kernel loader, launch
 checks and never-freed scratch buffers (a captured CUDA graph keeps pointing at them).
 
-Everything runs on one non-blocking stream, made CuPy's current stream on import, so array code
+Everything runs on the backend's own stream, made CuPy's current stream on import, so array code
 in the training loop (`grads.fill(0)`) stays ordered with the primitives and lands in the same
-graph when captured.
+graph when captured. It is a blocking stream: work someone queues on the legacy default stream
+still waits for it (and the other way round) instead of racing.
 """
 
 import functools
@@ -37,7 +38,7 @@ KERNELS = Path(__file__).parent / "kernels"
 DEVICE = cp.cuda.Device()
 NUM_SMS = DEVICE.attributes["MultiProcessorCount"]
 
-stream = cp.cuda.Stream(non_blocking=True)
+stream = cp.cuda.Stream(non_blocking=False)
 stream.use()
 
 
@@ -74,7 +75,8 @@ def launch(file: str, name: str, grid: int | tuple, block: int | tuple, args: tu
         k.max_dynamic_shared_size_bytes = shared_mem
     grid = grid if isinstance(grid, tuple) else (grid,)
     block = block if isinstance(block, tuple) else (block,)
-    k(grid, block, args, shared_mem=shared_mem)
+    with stream:  # RawKernel launches on CuPy's current stream
+        k(grid, block, args, shared_mem=shared_mem)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -137,7 +139,7 @@ def to_device(host, dtype=None):
 
 def to_host(arr):
     host = cp.asnumpy(arr, stream=stream)
-    return host.astype(np.float32) if host.dtype.kind == "f" and host.dtype.itemsize < 4 else host
+    return host.astype(np.float32) if host.dtype == BF16 or host.dtype == np.float16 else host
 
 
 def synchronize() -> None:

@@ -40,6 +40,8 @@ def device_used_mib() -> float:
 
 
 def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
+    import cupy as cp
+
     from llmc.core import gpu
     from llmc.core.init import load_params
     from llmc.core.model import GPT
@@ -49,19 +51,24 @@ def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
     del params
     train_step = gpu.graph(lambda: (gpt.forward(dloss=1.0 / (B * T)), gpt.backward()))
     data = batches(cfg, B, T, 4)
-    times, losses = [], []
+    times, losses, graph_ms = [], [], []
+    start, end = cp.cuda.Event(), cp.cuda.Event()
     for step in range(warmup + steps):
         x, y = data[step % len(data)]
         t0 = time.perf_counter()
         gpt.zero_grad()
         gpt.set_batch(x, y)
+        start.record(gpu.runtime.stream)
         train_step()
+        end.record(gpu.runtime.stream)
         losses.append(gpt.mean_loss())
+        graph_ms.append(cp.cuda.get_elapsed_time(start, end))
         norm = gpt.grad_norm()
         gpt.update(3e-4, 0.9, 0.95, 1e-8, 0.0, step + 1, 1.0 / max(norm, 1.0), seed=step)
         gpu.synchronize()
         times.append(time.perf_counter() - t0)
-    return {"cfg": cfg, "times": times[warmup:], "losses": losses, "mem_mib": device_used_mib()}
+    return {"cfg": cfg, "times": times[warmup:], "losses": losses, "mem_mib": device_used_mib(),
+            "graph_ms": float(np.median(graph_ms[warmup:]))}
 
 
 def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
@@ -186,7 +193,7 @@ def child(which: str, model: str, B: int, T: int, warmup: int, steps: int, profi
     tok_s = B * T / dt
     out = {"ms": dt * 1e3, "tok_s": tok_s, "mfu": tok_s * flops_per_token(r["cfg"], T) / PROMISED_BF16,
            "mem_mib": r["mem_mib"], "first_loss": r["losses"][0], "last_loss": r["losses"][-1],
-           "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3}
+           "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3, "graph_ms": r.get("graph_ms")}
     if profile and which == "llmc":
         out["profile"] = profile_llmc(model, B, T)
     print(json.dumps(out))
@@ -225,7 +232,8 @@ def main() -> None:
             r = results[which]
             print(f"{which:5s} B={B:3d}: {r['ms']:8.2f} ms/step {r['tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
                   f"mem {r['mem_mib'] / 1024:5.2f} GiB  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
-                  f"(spread {r['spread_ms']:.2f} ms)", flush=True)
+                  f"(spread {r['spread_ms']:.2f} ms" + (f", graph {r['graph_ms']:.2f} ms" if r["graph_ms"] else "")
+                  + ")", flush=True)
             for key, ms, n in r.get("profile", []):
                 print(f"      {ms:8.3f} ms  {n:4d}x  {key}")
         rows.append((B, results))

@@ -1,6 +1,7 @@
-// The bias gradient of a matmul backward: dbias (OC) += dout (N, OC) summed over N. cuBLASLt's
-// BGRAD epilogues overwrite rather than accumulate, so this is done here, deterministically:
-// part 1 gives fp32 partial sums per row slice, part 2 adds them up in order.
+// The bias gradient of a matmul backward: dbias (OC) += dout (N, OC) summed over N. Normally fused
+// into the weight-gradient GEMM (cuBLASLt's BGRADB epilogue, which overwrites: bias_accumulate adds
+// its result); where cuBLASLt offers no such algorithm, computed here deterministically: part 1
+// gives fp32 partial sums per row slice, part 2 adds them up in order.
 #include "common.cuh"
 
 #define BIAS_WARPS 8
@@ -37,4 +38,16 @@ extern "C" __global__ void bias_backward_reduce(bf16* dbias, const float* partia
     int c = blockIdx.x * WARP_SIZE + threadIdx.x;
     if (threadIdx.y != 0 || c >= OC) return;
     dbias[c] = __float2bfloat16(__bfloat162float(dbias[c]) + sum);
+}
+
+// dbias += g: the bias gradient cuBLASLt's BGRADB epilogue wrote (it overwrites) accumulated.
+extern "C" __global__ void bias_accumulate(bf16* dbias, const bf16* g, int OC) {
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) * PACK;
+    if (c >= OC) return;
+    float a[PACK], b[PACK];
+    load8(a, dbias + c);
+    load8(b, g + c);
+#pragma unroll
+    for (int k = 0; k < PACK; k++) a[k] += b[k];
+    store8(dbias + c, a);
 }

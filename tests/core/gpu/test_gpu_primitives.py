@@ -291,7 +291,7 @@ def test_adamw_stochastic_rounding(rng):
 def test_launcher_checks_raise_llmc_error(rng):
     with pytest.raises(LlmcError, match="bfloat16"):
         gpu.gelu_forward(cp.empty(8, cp.float32), cp.empty(8, cp.float32))
-    with pytest.raises(LlmcError, match="multiple of 8"):
+    with pytest.raises(LlmcError, match="multiples of 8"):
         gpu.matmul_forward(cp.empty((4, 12), gpu.act_dtype), cp.empty((4, 12), gpu.act_dtype),
                            cp.empty((12, 12), gpu.act_dtype), None)
     with pytest.raises(LlmcError, match="heads"):
