@@ -11,6 +11,7 @@ with the final count.
 import time
 from collections import deque
 from contextlib import ExitStack
+from itertools import chain, islice
 from multiprocessing import get_context
 from multiprocessing.pool import Pool
 from pathlib import Path
@@ -54,16 +55,18 @@ def in_order(pool: Pool, work: Iterable[list[str]], window: int) -> Iterator[tup
 def tokenize(texts: Iterable[str], workers: int = 1, total: int | None = None, desc: str = "tokenizing",
              progress: bool = True, batch_chars: int | None = None) -> Iterator[np.ndarray]:
     """Each document as EOT + its tokens, concatenated into uint16 arrays, in document order."""
-    docs = batches(texts, batch_chars or BATCH_CHARS)
+    work = batches(texts, batch_chars or BATCH_CHARS)
+    first = list(islice(work, 2))  # a single batch is not worth starting a pool
+    work = chain(first, work)
     start, ntok = time.perf_counter(), 0
     with ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=total, unit="doc", unit_scale=True, desc=desc, disable=not progress,
                                        dynamic_ncols=True))
-        if workers > 1:  # spawn: never fork a process that may hold threads (tqdm, huggingface_hub)
+        if workers > 1 and len(first) > 1:  # spawn: never fork a process that may hold threads (tqdm, hub)
             pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=gpt2_encoding))
-            results = in_order(pool, docs, window=2 * workers)
+            results = in_order(pool, work, window=2 * workers)
         else:
-            results = map(encode_documents, docs)
+            results = map(encode_documents, work)
         for ndocs, tokens in results:
             ntok += tokens.size
             bar.update(ndocs)

@@ -104,11 +104,13 @@ def parquet_rows(paths: list[Path]) -> int | None:
     """Total rows of a list of parquet files from their footers (None if any file is not parquet)."""
     if not all(p.suffix == ".parquet" for p in paths):
         return None
-    pq = _parquet()
-    try:
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
-    except Exception as e:  # pyarrow's ArrowException and OSError: a file that is not parquet
-        raise LlmcError(f"unreadable parquet among {paths[0].parent} ({_first_line(e)})") from None
+    pq, rows = _parquet(), 0
+    for path in paths:
+        try:
+            rows += pq.ParquetFile(path).metadata.num_rows
+        except Exception as e:  # pyarrow's ArrowException, OSError
+            raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
+    return rows
 
 
 def read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
