@@ -222,7 +222,7 @@ class SafetensorsReader:
 
     def __call__(self, name: str) -> np.ndarray:
         if name not in self.where:
-            raise LlmcError(f"the checkpoint has no tensor {name}")
+            raise LlmcError(f"no tensor {name} in {', '.join(sorted({p.name for p, _, _ in self.where.values()}))}")
         path, handle, key = self.where[name]
         try:
             t = handle.get_tensor(key)
@@ -248,7 +248,10 @@ def load_hf(source: str, echo: Callable[[str], None] = print) -> tuple[GPTConfig
     config_path, files = resolve_source(source, echo)
     cfg = config_from_hf(_read_json(config_path), str(config_path))
     reader = SafetensorsReader(files)
-    flat = hf_to_llmc(cfg, reader)
+    try:
+        flat = hf_to_llmc(cfg, reader)
+    except LlmcError as e:
+        raise LlmcError(f"{source}: {e}") from None
     expected = {template.format(l=l) for template, _ in HF_NAMES.values() for l in range(cfg.num_layers)}
     extra = {n for n in reader.names() - expected if not n.endswith(IGNORED_SUFFIXES)}
     if "lm_head.weight" in extra:  # tied: must repeat wte
