@@ -109,8 +109,7 @@ class Trainer:
             raise LlmcError("-n, -nk and -nm take a number of steps >= 0 (0 = off)")
         if cfg.val_every <= 0:
             raise LlmcError(f"-v takes a number of steps >= 1, not {cfg.val_every}")
-        self.log_path = None
-        resume_step = self._prepare_output_dir()
+        resume_step = self._find_checkpoint()
         self.resumed = resume_step is not None
         model_cfg, params = load_params(str(checkpoint.model_path(cfg.output_dir, resume_step))
                                         if self.resumed else cfg.model)
@@ -138,41 +137,41 @@ class Trainer:
         self.sample_every = cfg.sample_every  # 0 once sampling turns out impossible
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.train_step = backend.graph(self._forward_backward)
+        self.log_path = self._open_output_dir(resume_step)  # last: a failed start leaves -o untouched
 
     # ------------------------------------------------------------------ output dir, checkpoints, resume
-    def _prepare_output_dir(self) -> int | None:
-        """Create -o and main.log; the step to resume from, if -y 1 finds a complete checkpoint."""
+    def _find_checkpoint(self) -> int | None:
+        """The step to resume from, if -y 1 finds a complete checkpoint in -o."""
         c = self.cfg
         if not c.output_dir:
             if c.resume or c.checkpoint_every:
                 raise LlmcError("-y and -n need an output dir -o for the checkpoints")
             return None
-        out_dir = Path(c.output_dir)
+        done = checkpoint.done_steps(c.output_dir)
+        if not c.resume and c.checkpoint_every and done:
+            raise LlmcError(f"{c.output_dir} already holds checkpoints (newest: step {done[-1]}); "
+                            f"resume from them with -y 1 or write to another -o")
+        return checkpoint.find_latest(c.output_dir, c.process_rank) if c.resume else None
+
+    def _open_output_dir(self, resume_step: int | None) -> Path | None:
+        """Create -o and start main.log: empty for a fresh run (as llm.c), cut back to the resumed step."""
+        if not self.cfg.output_dir:
+            return None
+        out_dir = Path(self.cfg.output_dir)
+        log = out_dir / "main.log"
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise LlmcError(f"cannot create the output dir -o {out_dir}: {e.strerror}") from None
-        done = checkpoint.done_steps(out_dir)
-        if not c.resume and c.checkpoint_every and done:
-            raise LlmcError(f"{out_dir} already holds checkpoints (newest: step {done[-1]}); "
-                            f"resume from them with -y 1 or write to another -o")
-        step = checkpoint.find_latest(out_dir, c.process_rank) if c.resume else None
-        self.log_path = out_dir / "main.log"
-        try:
             checkpoint.remove_stale_temporaries(out_dir)
-            if step is None:  # a fresh start (llm.c's logger wipes the log)
-                self.log_path.write_text("")
+            if resume_step is None:
+                log.write_text("")
             else:  # drop what the interrupted run logged after its checkpoint: the resumed run redoes it
-                self._truncate_log(step)
+                lines = log.read_text().splitlines(keepends=True) if log.exists() else []
+                keep = [ln for ln in lines if not ((m := re.match(r"s:(\d+) ", ln)) and int(m.group(1)) >= resume_step)]
+                with atomic_write(log) as f:
+                    f.write("".join(keep).encode())
         except OSError as e:
             raise LlmcError(f"cannot write to the output dir -o {out_dir}: {e.strerror}") from None
-        return step
-
-    def _truncate_log(self, step: int) -> None:
-        lines = self.log_path.read_text().splitlines(keepends=True) if self.log_path.exists() else []
-        keep = [ln for ln in lines if not ((m := re.match(r"s:(\d+) ", ln)) and int(m.group(1)) >= step)]
-        with atomic_write(self.log_path) as f:
-            f.write("".join(keep).encode())
+        return log
 
     def _restore(self, step: int) -> None:
         """Optimizer, data loader and outlier-detector state of checkpoint `step` (llm.c's load_state)."""
@@ -375,7 +374,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
-        with self._stop_on_signals():
+        # overflow is caught as a non-finite loss or norm, with a clear stop; NumPy's warnings would only add noise
+        with self._stop_on_signals(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             self._loop()
 
     def _loop(self) -> None:

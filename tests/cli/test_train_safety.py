@@ -1,0 +1,217 @@
+"""`llmc train-cpu` on bad input (one line on stderr, exit 1, nothing written damaged), and runs killed
+with SIGKILL, SIGINT and SIGTERM: the newest complete checkpoint always loads and resumes exactly."""
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from llmc.cli.main import main
+from llmc.core import checkpoint
+from llmc.core.config import GPTConfig, num_parameters
+from llmc.core.formats import read_model, write_eval_shard, write_model, write_shard, EvalExample
+from llmc.core.init import random_init
+
+CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=32)
+# the child runs llmc's CLI; KILL_AT_REPLACE=k makes it SIGKILL itself just before its k-th file rename
+CHILD = """
+import os, signal, sys
+from llmc.cli.main import main
+kill_at, calls, rename = int(os.environ.get("KILL_AT_REPLACE", "0")), [0], os.replace
+def replace(src, dst):
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    rename(src, dst)
+os.replace = replace
+main(sys.argv[1:], prog_name="llmc")
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    write_model(d / "model.bin", CFG, random_init(CFG))
+    rng = np.random.default_rng(0)
+    for i, n in enumerate((700, 500, 900)):
+        write_shard(d / f"train_{i}.bin", rng.integers(0, CFG.vocab_size, n))
+    write_shard(d / "val.bin", rng.integers(0, CFG.vocab_size, 600))
+    return d
+
+
+def args(data: Path, out: Path | None, *extra) -> list[str]:
+    base = ["-e", data / "model.bin", "-i", data / "train_*.bin", "-j", data / "val.bin", "-b", 4, "-t", 16,
+            "-v", 10, "-m", 2, "-s", 0, "-l", 1e-3]
+    return [str(a) for a in base + (["-o", out] if out else []) + list(extra)]
+
+
+def train(*argv: str):
+    return CliRunner().invoke(main, ["train-cpu", *argv])
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def digest(d: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_inputs(data, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good_model = (data / "model.bin").read_bytes()
+    (bad / "magic.bin").write_bytes(b"\0\0\0\0" + good_model[4:])
+    (bad / "version.bin").write_bytes(good_model[:4] + np.int32(4).tobytes() + good_model[8:])
+    (bad / "short.bin").write_bytes(good_model[:-10])
+    write_shard(bad / "vocab.bin", np.full(300, CFG.vocab_size + 3))
+    shard = (data / "val.bin").read_bytes()
+    (bad / "short_shard.bin").write_bytes(shard[:-4])
+    (bad / "magic_shard.bin").write_bytes(b"\1\0\0\0" + shard[4:])
+    (bad / "file").write_text("")
+    cases = [
+        (["-e", bad / "magic.bin"], "bad magic"),
+        (["-e", bad / "version.bin"], "version 4"),
+        (["-e", bad / "short.bin"], "truncated"),
+        (["-e", bad / "missing.bin"], "No such file"),
+        (["-i", bad / "vocab.bin"], "token id 104 is outside the model's vocab of 101"),
+        (["-j", bad / "vocab.bin"], "token id 104"),
+        (["-i", bad / "short_shard.bin"], "truncated"),
+        (["-i", bad / "magic_shard.bin"], "bad magic"),
+        (["-i", bad / "nothing_*.bin"], "no files found matching"),
+        (["-t", 64], "larger than the model's max_seq_len 32"),
+        (["-d", 100], "multiple of B*T"),
+        (["-sl", -1], "-sl and -sg"),
+        (["-o", bad / "file" / "out", "-n", 5], "cannot write to the output dir"),
+        (["-y", 1], "need an output dir -o"),
+        (["-h", 1, "-o", tmp_path / "h"], None),  # not an error: llm.c's note that the eval file is missing
+    ]
+    for extra, fragment in cases:
+        result = train(*args(data, None, "-x", 3, *map(str, extra)))
+        if fragment is None:
+            assert result.exit_code == 0 and "HellaSwag eval not found" in result.stdout
+        else:
+            assert_one_line_error(result, fragment)
+
+
+def test_failed_start_leaves_output_untouched(data, tmp_path):
+    out = tmp_path / "out"
+    assert train(*args(data, out, "-x", 4, "-n", 2)).exit_code == 0
+    before = digest(out)
+    # resuming into bad data, a fresh start over the checkpoints, a corrupt newest state file
+    assert_one_line_error(train(*args(data, out, "-x", 8, "-n", 2, "-y", 1, "-i", data / "none*.bin")), "no files")
+    assert_one_line_error(train(*args(data, out, "-x", 8, "-n", 2)), "already holds checkpoints (newest: step 4)")
+    assert digest(out) == before
+    state = checkpoint.state_path(out, 4)
+    state.write_bytes(state.read_bytes()[:-100])
+    assert_one_line_error(train(*args(data, out, "-x", 8, "-n", 2, "-y", 1)), "state_00000004_00000.bin")
+
+
+def test_non_finite_loss(data, tmp_path):
+    out = tmp_path / "out"
+    result = train(*args(data, out, "-x", 5, "-l", 1e30))
+    assert_one_line_error(result, "loss nan", "checkpoint of step 1")
+    assert checkpoint.find_latest(out) == 1
+
+
+def test_z_score_skipping(data, tmp_path):
+    result = train(*args(data, None, "-x", 140, "-v", 1000, "-sl", 0.5, "-sg", 0.5))
+    assert result.exit_code == 0
+    skips = [ln for ln in result.stdout.splitlines() if ln.startswith("skipping update due to")]
+    assert 0 < len(skips) <= 140 - 128  # z-scores exist once the 128-step windows are full
+    steps = [ln for ln in result.stdout.splitlines() if ln.startswith("step ")]
+    assert "(+nanz)" in steps[127] and "(+nanz)" not in steps[128]
+
+
+def test_hellaswag_that_does_not_fit(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("data/hellaswag").mkdir(parents=True)
+    write_eval_shard("data/hellaswag/hellaswag_val.bin", [EvalExample(0, 1, [1] * 14, [[2], [3], [4, 5], [6]])])
+    assert_one_line_error(train(*args(data, None, "-x", 2, "-h", 1)), "example 0 needs 17 positions, more than -t 16")
+
+
+# ----------------------------------------------------------------------------- killed runs
+
+def child(argv: list[str], **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, "train-cpu", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **{k: str(v) for k, v in env.items()}})
+
+
+def assert_checkpoints_load(out: Path) -> None:
+    """Every checkpoint with a DONE file is whole: the model and state files read and fit together."""
+    for step in checkpoint.done_steps(out):
+        cfg, params = read_model(checkpoint.model_path(out, step))
+        assert cfg == CFG
+        state = checkpoint.read_state(checkpoint.state_path(out, step), num_parameters(CFG))
+        assert state.step == step
+
+
+def test_kill_9_never_corrupts_the_latest_checkpoint(data, tmp_path):
+    steps = 150
+    run = args(data, None, "-x", steps, "-n", 1, "-nk", 3, "-v", 50)
+    ref = tmp_path / "ref"
+    assert train(*run, "-o", str(ref)).exit_code == 0
+    out = tmp_path / "out"
+    # the first attempts die at chosen renames: mid-checkpoint between the model, state and DONE files
+    # (each checkpoint is 3 renames; main.log is cut back by a rename on resume), the others at a random
+    # moment once training is under way
+    rng = random.Random(0)
+    kills = [("rename", k) for k in (2, 3, 4, 6, 8, 10)] + [("time", rng.uniform(0, 0.25)) for _ in range(6)]
+    interrupted_writes = 0
+    for how, when in kills:
+        temporaries = set(out.glob(".*.tmp"))
+        p = child([*run, "-o", str(out), "-y", "1"], KILL_AT_REPLACE=when if how == "rename" else 0)
+        if how == "time":
+            for line in p.stdout:
+                if line.startswith("step "):
+                    break
+            time.sleep(when)
+            p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=60)
+        if p.returncode == 0:
+            break
+        assert p.returncode == -signal.SIGKILL
+        interrupted_writes += bool(set(out.glob(".*.tmp")) - temporaries)
+        assert_checkpoints_load(out)
+    p = child([*run, "-o", str(out), "-y", "1"])
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 0, stderr
+    assert not list(out.glob(".*.tmp"))  # the resumed run swept what killed writers left
+    # the killed-and-resumed run ends exactly where the uninterrupted one did
+    assert checkpoint.done_steps(out) == checkpoint.done_steps(ref) == [148, 149, 150]
+    assert digest(out) == digest(ref)
+    assert interrupted_writes >= 6  # the rename kills, and maybe random ones, landed inside a write
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_checkpoints_at_step_boundary(data, tmp_path, sig):
+    out = tmp_path / "out"
+    p = child(args(data, out, "-x", 100000, "-v", 100000))
+    for line in p.stdout:  # wait until training is under way
+        if line.startswith("step    3/"):
+            break
+    p.send_signal(sig)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    step = checkpoint.find_latest(out)
+    assert step is not None and step >= 3
+    assert f"stopped by {sig.name} at step {step}; continue with -y 1 -o {out}" in stdout
+    assert_checkpoints_load(out)
+    result = train(*args(data, out, "-x", step + 2, "-y", 1))
+    assert result.exit_code == 0 and f"resuming from the checkpoint of step {step}" in result.stdout
