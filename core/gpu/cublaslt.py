@@ -149,6 +149,11 @@ class _Plan:
 
 
 @functools.cache
+def _plan(key: _Key) -> _Plan:
+    return _Plan(key)
+
+
+@functools.cache
 def _scalar(value: float) -> np.ndarray:
     return np.array([value], dtype=np.float32)  # host-pointer alpha/beta, kept alive
 
