@@ -239,14 +239,18 @@ def delete_checkpoint(out_dir: str | os.PathLike, step: int, rank: int = 0) -> N
 
 def prune_checkpoints(out_dir: str | os.PathLike, keep: int, major_every: int, rank: int = 0) -> list[int]:
     """Keep the newest `keep` checkpoints (0 = all) and, forever, steps divisible by major_every;
-    returns the deleted steps."""
-    if keep <= 0:
+    returns the deleted steps. Also removes the files an interrupted deletion left without a DONE."""
+    done = done_steps(out_dir)
+    if keep <= 0 or not done:
         return []
-    minor = [s for s in done_steps(out_dir) if not (major_every > 0 and s % major_every == 0)]
-    newest = done_steps(out_dir)[-keep:]
-    deleted = [s for s in minor if s not in newest]
+    deleted = [s for s in done[:-keep] if not (major_every > 0 and s % major_every == 0)]
     for s in deleted:
         delete_checkpoint(out_dir, s, rank)
+    pattern = re.compile(rf"(?:model_(\d+)\.bin|state_(\d+)_{rank:05d}\.bin)")
+    for p in Path(out_dir).iterdir():
+        if (m := pattern.fullmatch(p.name)) and int(m.group(1) or m.group(2)) < done[-1] \
+                and int(m.group(1) or m.group(2)) not in done:
+            p.unlink(missing_ok=True)
     return deleted
 
 

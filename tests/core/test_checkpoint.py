@@ -196,6 +196,22 @@ def test_latest_ignores_incomplete_checkpoints(tmp_path):
     assert checkpoint.find_latest(tmp_path) == 5
 
 
+def test_prune_sweeps_orphans_of_interrupted_deletions(tmp_path):
+    def files(step, done=True):
+        for p in (checkpoint.model_path(tmp_path, step), checkpoint.state_path(tmp_path, step)):
+            p.write_bytes(b"x")
+        if done:
+            checkpoint.done_path(tmp_path, step).touch()
+    for step in (2, 4, 6, 8):
+        files(step)
+    files(3, done=False)  # a deletion killed after removing DONE
+    files(9, done=False)  # newer than the newest checkpoint: being written, or to be overwritten on resume
+    assert checkpoint.prune_checkpoints(tmp_path, keep=2, major_every=4) == [2]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(f"{k}_{s:08d}{x}" for s in (4, 6, 8, 9) for k, x in
+                           (("DONE", ""), ("model", ".bin"), ("state", "_00000.bin")) if (s, k) != (9, "DONE"))
+
+
 def test_non_finite_loss_stops_with_last_good_checkpoint(data, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(LlmcError, match=r"step 2: stopped before the update; the checkpoint of step 1"):
