@@ -1,5 +1,5 @@
 """Row-major GEMMs through raw cuBLASLt (nvmath-python's bindings): bf16 operands, fp32 accumulate,
-bf16 or fp32 output, optional bias/GELU/dGELU/bias-gradient epilogues, strided batches. CuPy's own cuBLAS refuses
+bf16 or fp32 output, optional bias/GELU/dGELU epilogues, strided batches. CuPy's own cuBLAS refuses
 CUDA-graph capture; these calls are captured like any kernel. A plan (descriptors, layouts and the
 algorithm, the fastest of the heuristic's top candidates timed on first use) is built once per
 shape and cached; pointers are set per call.
@@ -24,7 +24,7 @@ except ImportError as e:
 CUDA_R_32F, CUDA_R_16BF, COMPUTE_32F = 0, 14, 68
 OP_N, OP_T = 0, 1
 WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
-CANDIDATES = 8  # heuristic's algorithms timed per shape
+CANDIDATES = 32  # heuristic's algorithms timed per shape
 TUNE_RUNS = 3
 TUNE_MIN_FLOP = 2e9  # smaller products take the heuristic's first choice untimed
 _RESULT_BYTES = lt.matmul_heuristic_result_dtype.itemsize

@@ -1,9 +1,10 @@
 """Token + position embedding (kernels/encoder.cu). The backward is deterministic: positions are
-sorted by token on the GPU and each token's gradient rows are summed in position order."""
+sorted by token on the GPU (a counting sort, stable) and each token's gradient rows are summed in
+position order."""
 
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, cdiv, check, check_arrays, launch, scratch
+from llmc.core.gpu.runtime import BF16, cdiv, check, check_arrays, cp, launch, scratch, stream
 
 
 def _check(op: str, out, inp, wte, wpe) -> tuple[int, int, int, int]:
@@ -31,7 +32,14 @@ def encoder_backward(dwte, dwpe, dout, inp) -> None:
     N = B * T
     launch("encoder", "encoder_backward_wpe", cdiv(T * C // 8, 256), 256,
            (dwpe, dout, np.int32(B), np.int32(T), np.int32(C)))
-    sorted_positions = scratch("encoder_sorted", N * 4)
-    launch("encoder", "encoder_sort_positions", cdiv(N, 256), 256, (sorted_positions, inp, np.int32(N)))
+    buckets = Vp + 1  # the last one takes out-of-range ids
+    count, offset, cursor = (scratch(f"encoder_{tag}", buckets * 4) for tag in ("count", "offset", "cursor"))
+    bucket, sorted_positions = scratch("encoder_bucket", N * 4), scratch("encoder_sorted", N * 4)
+    cp.cuda.runtime.memsetAsync(count.data.ptr, 0, buckets * 4, stream.ptr)
+    grid, n, vp = cdiv(N, 256), np.int32(N), np.int32(Vp)
+    launch("encoder", "encoder_count", grid, 256, (count, inp, n, vp))
+    launch("encoder", "encoder_offsets", 1, 1024, (offset, cursor, count, np.int32(buckets)))
+    launch("encoder", "encoder_scatter", grid, 256, (bucket, cursor, inp, n, vp))
+    launch("encoder", "encoder_sort_buckets", grid, 256, (sorted_positions, bucket, offset, count, inp, n, vp))
     launch("encoder", "encoder_backward_wte", N, C // 8,
            (dwte, sorted_positions, inp, dout, np.int32(N), np.int32(C), np.int32(Vp)))

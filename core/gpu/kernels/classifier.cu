@@ -1,7 +1,8 @@
 // The fused classifier: per row of logits (Vp), loss = logsumexp(logits[:V]) - logits[target]
-// and, when dloss != 0, the row overwritten in place by (softmax - onehot(target)) * dloss with
-// the padded columns [V, Vp) zeroed. Probabilities are never stored: one pass for the running
-// max/sum, one pass to write the gradient. One block per row, 8 logits per 128-bit access.
+// and, when write_grad, the row overwritten in place by (softmax - onehot(target)) * dloss with
+// the padded columns [V, Vp) zeroed. Probabilities are never stored. One block per row, 8 logits
+// per 128-bit access. softmax_crossentropy_registers reads each row from memory once, holding it
+// in registers (Vp up to 1024 threads * CLS_PACKS * 8); softmax_crossentropy reads it twice (any Vp).
 #include "common.cuh"
 
 // merge running (max, sum of exp(x - max)) pairs
@@ -11,23 +12,10 @@ __device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, floa
     m = mn;
 }
 
-extern "C" __global__ void softmax_crossentropy(float* losses, bf16* logits, const int* targets,
-                                                int V, int Vp, float dloss, int write_grad) {
+// the row's (max, sum) over the block: a barrier; every thread gets the result
+__device__ __forceinline__ void block_softmax_stats(float& m, float& s) {
     __shared__ float shared_m[32], shared_s[32];
-    int row = blockIdx.x;
-    bf16* x = logits + (long)row * Vp;
     int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
-    float m = NEG_INF, s = 0.0f, v[PACK];
-    for (int c = threadIdx.x * PACK; c < V; c += blockDim.x * PACK) {
-        load8(v, x + c);
-        float vm = NEG_INF;
-#pragma unroll
-        for (int k = 0; k < PACK; k++) if (c + k < V) vm = fmaxf(vm, v[k]);
-        float vs = 0.0f;
-#pragma unroll
-        for (int k = 0; k < PACK; k++) if (c + k < V) vs += __expf(v[k] - vm);
-        softmax_merge(m, s, vm, vs);
-    }
 #pragma unroll
     for (int o = WARP_SIZE / 2; o > 0; o >>= 1) {
         float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
@@ -41,20 +29,87 @@ extern "C" __global__ void softmax_crossentropy(float* losses, bf16* logits, con
     m = NEG_INF;
     s = 0.0f;
     for (int w = 0; w < warps; w++) softmax_merge(m, s, shared_m[w], shared_s[w]);  // same order everywhere
-    int target = targets[row];
+}
+
+// (max, sum of exp) of the entries c..c+7 below V, merged into (m, s)
+__device__ __forceinline__ void pack_softmax_stats(float& m, float& s, const float (&v)[PACK], int c, int V) {
+    float vm = NEG_INF;
+#pragma unroll
+    for (int k = 0; k < PACK; k++) if (c + k < V) vm = fmaxf(vm, v[k]);
+    float vs = 0.0f;
+#pragma unroll
+    for (int k = 0; k < PACK; k++) if (c + k < V) vs += __expf(v[k] - vm);
+    softmax_merge(m, s, vm, vs);
+}
+
+__device__ __forceinline__ void pack_dlogits(float (&g)[PACK], const float (&v)[PACK], int c, int V, int target,
+                                             float m, float inv, float dloss) {
+#pragma unroll
+    for (int k = 0; k < PACK; k++) {
+        float p = __expf(v[k] - m) * inv;
+        g[k] = c + k < V ? (p - (c + k == target ? 1.0f : 0.0f)) * dloss : 0.0f;
+    }
+}
+
+#define CLS_PACKS 7  // 1024 * 7 * 8 = 57344 >= GPT-2's Vp 50304
+
+extern "C" __global__ void __launch_bounds__(1024, 1)
+softmax_crossentropy_registers(float* losses, bf16* logits, const int* targets, int V, int Vp, float dloss,
+                               int write_grad) {
+    bf16* x = logits + (long)blockIdx.x * Vp;
+    uint4 raw[CLS_PACKS];
+    float m = NEG_INF, s = 0.0f, v[PACK];
+#pragma unroll
+    for (int i = 0; i < CLS_PACKS; i++) {
+        int c = (i * blockDim.x + threadIdx.x) * PACK;
+        if (c < Vp) raw[i] = __ldcs(reinterpret_cast<const uint4*>(x + c));
+    }
+#pragma unroll
+    for (int i = 0; i < CLS_PACKS; i++) {
+        int c = (i * blockDim.x + threadIdx.x) * PACK;
+        if (c < V) {
+            unpack8(v, raw[i]);
+            pack_softmax_stats(m, s, v, c, V);
+        }
+    }
+    block_softmax_stats(m, s);
+    int target = targets[blockIdx.x];
     bool valid = target >= 0 && target < V;
     if (threadIdx.x == 0)
-        losses[row] = valid ? m + logf(s) - __bfloat162float(x[target]) : QNAN;
+        losses[blockIdx.x] = valid ? m + logf(s) - __bfloat162float(x[target]) : QNAN;
+    if (!write_grad) return;
+    __syncthreads();  // x[target] is read above before any thread overwrites it
+    float inv = 1.0f / s, g[PACK];
+#pragma unroll
+    for (int i = 0; i < CLS_PACKS; i++) {
+        int c = (i * blockDim.x + threadIdx.x) * PACK;
+        if (c < Vp) {
+            unpack8(v, raw[i]);
+            pack_dlogits(g, v, c, V, target, m, inv, dloss);
+            store8(x + c, g);
+        }
+    }
+}
+
+extern "C" __global__ void softmax_crossentropy(float* losses, bf16* logits, const int* targets,
+                                                int V, int Vp, float dloss, int write_grad) {
+    bf16* x = logits + (long)blockIdx.x * Vp;
+    float m = NEG_INF, s = 0.0f, v[PACK];
+    for (int c = threadIdx.x * PACK; c < V; c += blockDim.x * PACK) {
+        load8(v, x + c);
+        pack_softmax_stats(m, s, v, c, V);
+    }
+    block_softmax_stats(m, s);
+    int target = targets[blockIdx.x];
+    bool valid = target >= 0 && target < V;
+    if (threadIdx.x == 0)
+        losses[blockIdx.x] = valid ? m + logf(s) - __bfloat162float(x[target]) : QNAN;
     if (!write_grad) return;
     __syncthreads();  // x[target] is read above before any thread overwrites it
     float inv = 1.0f / s, g[PACK];
     for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK) {
         load8(v, x + c);
-#pragma unroll
-        for (int k = 0; k < PACK; k++) {
-            float p = __expf(v[k] - m) * inv;
-            g[k] = c + k < V ? (p - (c + k == target ? 1.0f : 0.0f)) * dloss : 0.0f;
-        }
+        pack_dlogits(g, v, c, V, target, m, inv, dloss);
         store8(x + c, g);
     }
 }

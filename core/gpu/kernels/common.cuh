@@ -10,9 +10,8 @@ typedef __nv_bfloat16 bf16;
 #define NEG_INF __int_as_float(0xff800000)
 #define QNAN __int_as_float(0x7fc00000)
 
-// load 8 bf16 (16-byte aligned) and widen to fp32
-__device__ __forceinline__ void load8(float (&out)[PACK], const bf16* p) {
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
+// widen 8 bf16 held in one 128-bit register to fp32
+__device__ __forceinline__ void unpack8(float (&out)[PACK], uint4 raw) {
     const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
     for (int i = 0; i < PACK / 2; i++) {
@@ -22,16 +21,14 @@ __device__ __forceinline__ void load8(float (&out)[PACK], const bf16* p) {
     }
 }
 
+// load 8 bf16 (16-byte aligned) as fp32
+__device__ __forceinline__ void load8(float (&out)[PACK], const bf16* p) {
+    unpack8(out, *reinterpret_cast<const uint4*>(p));
+}
+
 // streaming variant for data read exactly once (keeps it out of the way in L1/L2)
 __device__ __forceinline__ void load8_cs(float (&out)[PACK], const bf16* p) {
-    uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < PACK / 2; i++) {
-        float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
+    unpack8(out, __ldcs(reinterpret_cast<const uint4*>(p)));
 }
 
 // round 8 fp32 to bf16 (nearest even) and store 16 bytes

@@ -1,4 +1,5 @@
-// Token + position embedding, forward and a deterministic backward.
+// Token + position embedding, forward and a deterministic backward (no float atomics: each token's
+// gradient rows are summed in position order).
 #include "common.cuh"
 
 // out (N,C) = wte[inp[n]] + wpe[n % T]; one thread per 8 channels. Token ids outside [0, Vp)
@@ -40,29 +41,60 @@ extern "C" __global__ void encoder_backward_wpe(bf16* dwpe, const bf16* dout, in
     store8(dwpe + (long)t * C + c, acc);
 }
 
-// Positions sorted by (token, position): sorted[rank] = n, rank = #{m : (inp[m], m) < (inp[n], n)}.
-// A counting sort by comparison, O(N^2) simple integer work (N = B*T), with no atomics, no
-// scratch to clear, and a result independent of scheduling: the backward below is deterministic.
-#define SORT_TILE 1024
-extern "C" __global__ void encoder_sort_positions(int* sorted, const int* inp, int N) {
-    __shared__ int tile[SORT_TILE];
+// Positions sorted by (token, position), so that the backward below sums each token's rows in a
+// fixed order: a counting sort. Out-of-range ids share the extra bucket Vp (skipped by the backward).
+// 1. count[tok]++ (count zeroed by the caller)
+extern "C" __global__ void encoder_count(int* count, const int* inp, int N, int Vp) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
-    int tok = n < N ? inp[n] : 0;
-    int rank = 0;
-    for (int start = 0; start < N; start += SORT_TILE) {
-        __syncthreads();
-        for (int i = threadIdx.x; i < SORT_TILE; i += blockDim.x)
-            tile[i] = start + i < N ? inp[start + i] : 0x7fffffff;
-        __syncthreads();
-        int end = min(SORT_TILE, N - start);
-        int self = n - start;  // position of n inside this tile, if it is there
-#pragma unroll 8
-        for (int i = 0; i < end; i++) {
-            int other = tile[i];
-            rank += (other < tok) | ((other == tok) & (i < self));
-        }
+    if (n >= N) return;
+    int tok = inp[n];
+    atomicAdd(count + (tok < 0 || tok >= Vp ? Vp : tok), 1);
+}
+
+// 2. offset = exclusive prefix sum of count (n = Vp + 1 buckets), cursor = a copy. One block of 1024.
+extern "C" __global__ void encoder_offsets(int* offset, int* cursor, const int* count, int n) {
+    __shared__ int warp_sums[32];
+    int per = (n + blockDim.x - 1) / blockDim.x, begin = threadIdx.x * per, end = min(begin + per, n);
+    int local = 0;
+    for (int i = begin; i < end; i++) local += count[i];
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    int incl = local;  // inclusive scan within the warp, then across warps
+#pragma unroll
+    for (int o = 1; o < WARP_SIZE; o <<= 1) {
+        int t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += t;
     }
-    if (n < N) sorted[rank] = n;
+    if (lane == WARP_SIZE - 1) warp_sums[warp] = incl;
+    __syncthreads();
+    int before = 0;
+    for (int w = 0; w < warp; w++) before += warp_sums[w];
+    int running = before + incl - local;
+    for (int i = begin; i < end; i++) {
+        offset[i] = cursor[i] = running;
+        running += count[i];
+    }
+}
+
+// 3. each position into its token's bucket, in arbitrary order
+extern "C" __global__ void encoder_scatter(int* bucket, int* cursor, const int* inp, int N, int Vp) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    int tok = inp[n];
+    bucket[atomicAdd(cursor + (tok < 0 || tok >= Vp ? Vp : tok), 1)] = n;
+}
+
+// 4. the same buckets in position order: a position's rank is the number of smaller positions in its
+// bucket (work: the sum of squared bucket sizes)
+extern "C" __global__ void encoder_sort_buckets(int* sorted, const int* bucket, const int* offset, const int* count,
+                                                const int* inp, int N, int Vp) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    int tok = inp[n];
+    tok = tok < 0 || tok >= Vp ? Vp : tok;
+    const int* b = bucket + offset[tok];
+    int size = count[tok], rank = 0;
+    for (int j = 0; j < size; j++) rank += b[j] < n;
+    sorted[offset[tok] + rank] = n;
 }
 
 // dwte[tok] += sum of dout rows of every position holding tok. One block per sorted position;

@@ -69,6 +69,45 @@ extern "C" __global__ void residual_layernorm_forward(bf16* residual, bf16* out,
     layernorm_row(out + off, mean + row, rstd + row, residual + off, weight, bias, C, sum);
 }
 
+// Backward, one 8-channel pack of a row: pass 1 accumulates the warp's dweight/dbias slices and
+// the row sums, pass 2 adds the input gradient into dinp.
+__device__ __forceinline__ void ln_backward_pass1(uint4 graw, uint4 xraw, const bf16* weight, int c, int C8,
+                                                  float m, float s, float* dw, float* db, float& dnorm_sum,
+                                                  float& dnorm_norm_sum) {
+    float g[PACK], x[PACK], w[PACK];
+    unpack8(g, graw);
+    unpack8(x, xraw);
+    load8(w, weight + c);
+#pragma unroll
+    for (int k = 0; k < PACK; k++) {
+        float norm = (x[k] - m) * s;
+        float dnorm = w[k] * g[k];
+        dnorm_sum += dnorm;
+        dnorm_norm_sum += dnorm * norm;
+        dw[k * C8 + c / PACK] += norm * g[k];  // channel c + k lives at [k * C8 + c / 8]: no bank conflicts
+        db[k * C8 + c / PACK] += g[k];
+    }
+}
+
+__device__ __forceinline__ void ln_backward_pass2(bf16* dinp, uint4 graw, uint4 xraw, const bf16* weight, int c,
+                                                  float m, float s, float dnorm_mean, float dnorm_norm_mean) {
+    float g[PACK], x[PACK], w[PACK], d[PACK];
+    unpack8(g, graw);
+    unpack8(x, xraw);
+    load8(w, weight + c);
+    load8(d, dinp + c);
+#pragma unroll
+    for (int k = 0; k < PACK; k++) {
+        float norm = (x[k] - m) * s;
+        d[k] += (w[k] * g[k] - dnorm_mean - norm * dnorm_norm_mean) * s;
+    }
+    store8(dinp + c, d);
+}
+
+__device__ __forceinline__ uint4 load_raw(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
+
+#define LN_CACHED 4  // packs per lane held in registers between the passes: rows up to 1024 channels read once
+
 // Backward, part 1. Each warp walks rows (stride: all warps of the grid): dinp += the row's input
 // gradient, and the warp's own slice of dynamic shared memory (2*C floats: dweight then dbias,
 // channel-interleaved) accumulates its rows in order. The block then sums its warps in order into
@@ -80,42 +119,41 @@ extern "C" __global__ void layernorm_backward(bf16* dinp, float* scratch, const 
     int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
     float* dw = acc + (long)warp * 2 * C;
     float* db = dw + C;
-    int C8 = C / PACK;  // channel c + k lives at [k * C8 + c / 8]: lanes hit distinct banks
+    int C8 = C / PACK;
     for (int c = lane; c < 2 * C; c += WARP_SIZE) dw[c] = 0.0f;
     __syncwarp();
-    float g[PACK], x[PACK], w[PACK], d[PACK];
+    const int rest = (LN_CACHED * WARP_SIZE + lane) * PACK;  // first channel past the cached packs
     for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
         long off = (long)row * C;
         float m = mean[row], s = rstd[row];
         float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
-        for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
-            load8(g, dout + off + c);
-            load8(x, inp + off + c);
-            load8(w, weight + c);
+        uint4 graw[LN_CACHED], xraw[LN_CACHED];
 #pragma unroll
-            for (int k = 0; k < PACK; k++) {
-                float norm = (x[k] - m) * s;
-                float dnorm = w[k] * g[k];
-                dnorm_sum += dnorm;
-                dnorm_norm_sum += dnorm * norm;
-                dw[k * C8 + c / PACK] += norm * g[k];
-                db[k * C8 + c / PACK] += g[k];
+        for (int i = 0; i < LN_CACHED; i++) {
+            int c = (i * WARP_SIZE + lane) * PACK;
+            if (c < C) {
+                graw[i] = load_raw(dout + off + c);
+                xraw[i] = load_raw(inp + off + c);
             }
         }
+#pragma unroll
+        for (int i = 0; i < LN_CACHED; i++) {
+            int c = (i * WARP_SIZE + lane) * PACK;
+            if (c < C) ln_backward_pass1(graw[i], xraw[i], weight, c, C8, m, s, dw, db, dnorm_sum, dnorm_norm_sum);
+        }
+        for (int c = rest; c < C; c += WARP_SIZE * PACK)
+            ln_backward_pass1(load_raw(dout + off + c), load_raw(inp + off + c), weight, c, C8, m, s, dw, db,
+                              dnorm_sum, dnorm_norm_sum);
         float dnorm_mean = warp_sum(dnorm_sum) / C;
         float dnorm_norm_mean = warp_sum(dnorm_norm_sum) / C;
-        for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
-            load8(g, dout + off + c);
-            load8(x, inp + off + c);
-            load8(w, weight + c);
-            load8(d, dinp + off + c);
 #pragma unroll
-            for (int k = 0; k < PACK; k++) {
-                float norm = (x[k] - m) * s;
-                d[k] += (w[k] * g[k] - dnorm_mean - norm * dnorm_norm_mean) * s;
-            }
-            store8(dinp + off + c, d);
+        for (int i = 0; i < LN_CACHED; i++) {
+            int c = (i * WARP_SIZE + lane) * PACK;
+            if (c < C) ln_backward_pass2(dinp + off, graw[i], xraw[i], weight, c, m, s, dnorm_mean, dnorm_norm_mean);
         }
+        for (int c = rest; c < C; c += WARP_SIZE * PACK)
+            ln_backward_pass2(dinp + off, load_raw(dout + off + c), load_raw(inp + off + c), weight, c, m, s,
+                              dnorm_mean, dnorm_norm_mean);
     }
     __syncthreads();
     float* out = scratch + (long)blockIdx.x * 2 * C;

@@ -1,7 +1,5 @@
-// The bias gradient of a matmul backward: dbias (OC) += dout (N, OC) summed over N. Normally fused
-// into the weight-gradient GEMM (cuBLASLt's BGRADB epilogue, which overwrites: bias_accumulate adds
-// its result); where cuBLASLt offers no such algorithm, computed here deterministically: part 1
-// gives fp32 partial sums per row slice, part 2 adds them up in order.
+// The bias gradient of a matmul backward: dbias (OC) += dout (N, OC) summed over N, deterministically:
+// part 1 gives fp32 partial sums per row slice, part 2 adds them up in order.
 #include "common.cuh"
 
 #define BIAS_WARPS 8
@@ -40,14 +38,3 @@ extern "C" __global__ void bias_backward_reduce(bf16* dbias, const float* partia
     dbias[c] = __float2bfloat16(__bfloat162float(dbias[c]) + sum);
 }
 
-// dbias += g: the bias gradient cuBLASLt's BGRADB epilogue wrote (it overwrites) accumulated.
-extern "C" __global__ void bias_accumulate(bf16* dbias, const bf16* g, int OC) {
-    int c = (blockIdx.x * blockDim.x + threadIdx.x) * PACK;
-    if (c >= OC) return;
-    float a[PACK], b[PACK];
-    load8(a, dbias + c);
-    load8(b, g + c);
-#pragma unroll
-    for (int k = 0; k < PACK; k++) a[k] += b[k];
-    store8(dbias + c, a);
-}
