@@ -152,6 +152,8 @@ def read_eval_shard(path: str | os.PathLike) -> list[EvalExample]:
             if data[pos] != EXAMPLE_START:
                 raise LlmcError(f"{path}: example {len(examples)} does not start with {EXAMPLE_START}")
             nbytes = int(data[pos + 1])
+            if nbytes < 12 or nbytes % 2:  # 6 uint16 of fixed fields at least
+                raise LlmcError(f"{path}: example {len(examples)} has a bad size field ({nbytes} bytes)")
             words = data[pos: pos + nbytes // 2]
             if len(words) != nbytes // 2:
                 raise IndexError
