@@ -7,8 +7,8 @@ and {name}_train_%06d.bin; name is fineweb or edu_fineweb.
 
 from llmc.core.errors import LlmcError
 from llmc.data import PreproConfig, Written
-from llmc.data.shards import tokenize, write_sharded
-from llmc.data.sources import hub_files, local_files, parquet_rows, read_texts
+from llmc.data.shards import file_pieces, tokenize, write_sharded
+from llmc.data.sources import hub_files, local_files, parquet_rows
 
 REPOS = {"fineweb": "HuggingFaceFW/fineweb", "edu_fineweb": "HuggingFaceFW/fineweb-edu"}
 
@@ -18,8 +18,7 @@ def prepare(cfg: PreproConfig) -> list[Written]:
         files = local_files(cfg.input)
     else:  # sample-10BT lives in sample/10BT/*.parquet
         files = hub_files(REPOS[cfg.name], f"sample/{cfg.version}T/*.parquet")
-    texts = (text for path in files for text in read_texts(path, ("text",)))
-    tokens = tokenize(texts, cfg.workers, parquet_rows(files), cfg.name, cfg.progress)
+    tokens = tokenize(file_pieces(files, ("text",)), cfg.workers, parquet_rows(files), cfg.name, cfg.progress)
     written = write_sharded(tokens, cfg.out_dir, cfg.name, cfg.shard_size)
     if not written:
         raise LlmcError(f"{cfg.input or files[0].parent}: no documents")

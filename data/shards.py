@@ -1,21 +1,23 @@
 """Documents -> llm.c token shards: the pipeline every token-shard dataset shares.
 
-Documents stream in and are cut into batches of about `batch_chars` characters; each batch becomes
-[EOT, doc tokens, EOT, doc tokens, ...] as one uint16 array, in document order: in this process, or
-with workers > 1 in a process pool with a bounded number of batches in flight, so reading never
-runs far ahead of writing and memory stays flat however big the dataset. The token stream is then
-cut into files, each streamed to a temporary name and renamed when complete, its header patched
-with the final count.
+The input arrives as pieces: functions returning a list of documents, read where they are tokenized.
+A parquet row group is read by the worker that tokenizes it, so with many workers the main process
+only writes; other text is read here and handed over in batches of about BATCH_CHARS characters.
+Each piece becomes [EOT, doc tokens, EOT, doc tokens, ...] as one uint16 array, in input order: in
+this process, or with workers > 1 in a process pool with a bounded number of pieces in flight, so
+memory stays flat however big the dataset. The token stream is then cut into files, each streamed
+to a temporary name and renamed when complete, its header patched with the final count.
 """
 
 import time
 from collections import deque
 from contextlib import ExitStack
+from functools import partial
 from itertools import chain, islice
 from multiprocessing import get_context
 from multiprocessing.pool import Pool
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -23,50 +25,64 @@ from tqdm import tqdm
 from llmc.core.errors import LlmcError
 from llmc.core.formats import SHARD_MAGIC, SHARD_VERSION, atomic_write, make_header
 from llmc.data import Written
+from llmc.data.sources import given, parquet_pieces, read_texts
 from llmc.data.tokenizer import encode_documents, gpt2_encoding
 
-BATCH_CHARS = 1 << 20  # text per task: large enough to amortize the pickling, small enough to stay flat
+BATCH_CHARS = 1 << 20  # text per piece read here: amortizes the pickling, small enough to stay flat
 MAX_SHARD_TOKENS = 2**31 - 1  # the header's token count is an int32
 
+Piece = Callable[[], list[str]]  # picklable (a partial of a module-level function)
 
-def batches(texts: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
+
+def text_pieces(texts: Iterable[str]) -> Iterator[Piece]:
+    """Texts read here, in pieces of about BATCH_CHARS characters."""
     batch, chars = [], 0
     for text in texts:
         batch.append(text)
         chars += len(text)
-        if chars >= batch_chars:
-            yield batch
+        if chars >= BATCH_CHARS:
+            yield partial(given, batch)
             batch, chars = [], 0
     if batch:
-        yield batch
+        yield partial(given, batch)
 
 
-def in_order(pool: Pool, work: Iterable[list[str]], window: int) -> Iterator[tuple[int, np.ndarray]]:
-    """encode_documents over the batches in the pool, results in order, at most `window` in flight."""
+def file_pieces(files: list[Path], fields: tuple[str, ...]) -> Iterator[Piece]:
+    """The documents of files in order: parquet row groups, or the texts of JSON/JSONL in batches."""
+    for path in files:
+        yield from parquet_pieces(path, fields) if path.suffix == ".parquet" else text_pieces(read_texts(path, fields))
+
+
+def encode_piece(piece: Piece) -> tuple[int, np.ndarray]:
+    return encode_documents(piece())
+
+
+def in_order(pool: Pool, pieces: Iterable[Piece], window: int) -> Iterator[tuple[int, np.ndarray]]:
+    """encode_piece over the pieces in the pool, results in order, at most `window` in flight."""
     pending = deque()
-    for batch in work:
-        pending.append(pool.apply_async(encode_documents, (batch,)))
+    for piece in pieces:
+        pending.append(pool.apply_async(encode_piece, (piece,)))
         if len(pending) >= window:
             yield pending.popleft().get()
     while pending:
         yield pending.popleft().get()
 
 
-def tokenize(texts: Iterable[str], workers: int = 1, total: int | None = None, desc: str = "tokenizing",
-             progress: bool = True, batch_chars: int | None = None) -> Iterator[np.ndarray]:
+def tokenize(pieces: Iterable[Piece], workers: int = 1, total: int | None = None, desc: str = "tokenizing",
+             progress: bool = True) -> Iterator[np.ndarray]:
     """Each document as EOT + its tokens, concatenated into uint16 arrays, in document order."""
-    work = batches(texts, batch_chars or BATCH_CHARS)
-    first = list(islice(work, 2))  # a single batch is not worth starting a pool
-    work = chain(first, work)
+    pieces = iter(pieces)
+    first = list(islice(pieces, 2))  # a single piece is not worth starting a pool
+    pieces = chain(first, pieces)
     start, ntok = time.perf_counter(), 0
     with ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=total, unit="doc", unit_scale=True, desc=desc, disable=not progress,
                                        dynamic_ncols=True))
-        if workers > 1 and len(first) > 1:  # spawn: never fork a process that may hold threads (tqdm, hub)
+        if workers > 1 and len(first) > 1:  # spawn: never fork a process that may hold threads (tqdm, pyarrow)
             pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=gpt2_encoding))
-            results = in_order(pool, work, window=2 * workers)
+            results = in_order(pool, pieces, window=2 * workers)
         else:
-            results = map(encode_documents, work)
+            results = map(encode_piece, pieces)
         for ndocs, tokens in results:
             ntok += tokens.size
             bar.update(ndocs)

@@ -8,7 +8,8 @@ llm.c keeps them beside its .bin files. pyarrow is imported only when a parquet 
 import json
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
@@ -16,6 +17,7 @@ from llmc.core.errors import LlmcError
 from llmc.core.formats import atomic_write
 
 SUFFIXES = (".parquet", ".jsonl", ".json")
+ROW_GROUP_BYTES = 256 << 20  # larger parquet row groups are split up rather than read whole by a worker
 
 
 def offline() -> bool:
@@ -101,16 +103,10 @@ def _parquet():
 
 
 def parquet_rows(paths: list[Path]) -> int | None:
-    """Total rows of a list of parquet files from their footers (None if any file is not parquet)."""
+    """Total rows of a list of parquet files, from their footers (None if any is not parquet)."""
     if not all(p.suffix == ".parquet" for p in paths):
         return None
-    pq, rows = _parquet(), 0
-    for path in paths:
-        try:
-            rows += pq.ParquetFile(path).metadata.num_rows
-        except Exception as e:  # pyarrow's ArrowException, OSError
-            raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
-    return rows
+    return sum(open_parquet(p).metadata.num_rows for p in paths)
 
 
 def read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
@@ -135,18 +131,68 @@ def read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
 
 
 def _parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    pq = _parquet()
+    pf = open_parquet(path)
+    present = [c for c in columns if c in pf.schema_arrow.names]
+    if not present:
+        raise LlmcError(f"{path}: no column {' or '.join(columns)} (it has {', '.join(pf.schema_arrow.names)})")
     try:
-        pf = pq.ParquetFile(path)
-        present = [c for c in columns if c in pf.schema_arrow.names]
-        if not present:
-            raise LlmcError(f"{path}: no column {' or '.join(columns)} (it has {', '.join(pf.schema_arrow.names)})")
         for batch in pf.iter_batches(batch_size=1024, columns=present):
             yield from batch.to_pylist()
-    except LlmcError:
-        raise
     except Exception as e:  # pyarrow's ArrowException, OSError
         raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
+
+
+def open_parquet(path: Path):
+    pq = _parquet()
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:
+        raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
+
+
+def given(texts: list[str]) -> list[str]:
+    """A piece of input read already."""
+    return texts
+
+
+def parquet_pieces(path: Path, fields: tuple[str, ...]) -> Iterator[Callable[[], list[str]]]:
+    """The texts of a parquet file as pieces, one a row group, read by whoever calls the piece.
+    Row groups over ROW_GROUP_BYTES are read here in batches instead, so no process holds one whole."""
+    import pyarrow as pa
+
+    pf = open_parquet(path)
+    schema = pf.schema_arrow
+    column = next((f for f in fields if f in schema.names), None)
+    if column is None:
+        raise LlmcError(f"{path}: no column {' or '.join(fields)} (it has {', '.join(schema.names)})")
+    kind = schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise LlmcError(f"{path}: column {column!r} holds {kind}, not text")
+    for i in range(pf.num_row_groups):
+        if pf.metadata.row_group(i).total_byte_size <= ROW_GROUP_BYTES:
+            yield partial(row_group_texts, path, i, column)
+            continue
+        try:
+            for batch in pf.iter_batches(batch_size=4096, row_groups=[i], columns=[column]):
+                yield partial(given, _texts(batch.column(0), path, column))
+        except Exception as e:
+            raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
+
+
+def row_group_texts(path: Path, i: int, column: str) -> list[str]:
+    try:
+        values = open_parquet(path).read_row_group(i, columns=[column]).column(0)
+    except LlmcError:
+        raise
+    except Exception as e:
+        raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
+    return _texts(values, path, column)
+
+
+def _texts(values, path: Path, column: str) -> list[str]:
+    if values.null_count:
+        raise LlmcError(f"{path}: {values.null_count} rows have no {column!r} (null)")
+    return values.to_pylist()
 
 
 def read_texts(path: Path, fields: tuple[str, ...]) -> Iterator[str]:

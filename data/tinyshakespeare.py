@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llmc.core.errors import LlmcError
 from llmc.data import PreproConfig, Written
-from llmc.data.shards import TokenStream, tokenize, write_tokens
+from llmc.data.shards import TokenStream, text_pieces, tokenize, write_tokens
 from llmc.data.sources import url_file
 from llmc.data.tokenizer import ASSETS
 
@@ -41,6 +41,6 @@ def prepare(cfg: PreproConfig) -> list[Written]:
     if not text.strip():
         raise LlmcError(f"{path}: empty text, nothing to tokenize")
     docs = sections(text)
-    stream = TokenStream(tokenize(docs, cfg.workers, len(docs), cfg.name, cfg.progress))
+    stream = TokenStream(tokenize(text_pieces(docs), cfg.workers, len(docs), cfg.name, cfg.progress))
     return [write_tokens(cfg.out_dir / "tiny_shakespeare_val.bin", stream.take(VAL_TOKENS)),
             write_tokens(cfg.out_dir / "tiny_shakespeare_train.bin", stream.take(None))]

@@ -11,8 +11,8 @@ import random
 import shutil
 import tarfile
 import tempfile
+from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 from llmc.core.errors import LlmcError
 from llmc.data import PreproConfig, Written
@@ -47,11 +47,11 @@ def source_files(cfg: PreproConfig) -> list[Path]:
     return local_files(src)
 
 
-def stories(files: list[Path]) -> Iterator[str]:
-    for i, path in enumerate(files):
-        texts = list(read_texts(path, FIELDS))
-        random.Random(1337 + i).shuffle(texts)
-        yield from (t.strip() for t in texts)
+def stories(path: Path, seed: int) -> list[str]:
+    """One file's stories in llm.c's order (a piece, read by the worker that tokenizes it)."""
+    texts = list(read_texts(path, FIELDS))
+    random.Random(seed).shuffle(texts)
+    return [t.strip() for t in texts]
 
 
 def prepare(cfg: PreproConfig) -> list[Written]:
@@ -60,7 +60,8 @@ def prepare(cfg: PreproConfig) -> list[Written]:
         raise LlmcError(f"{files[0]}: tinystories needs at least 2 files (the first is val, the rest train)")
     written = []
     for split, split_files in (("val", files[:1]), ("train", files[1:])):
-        tokens = tokenize(stories(split_files), cfg.workers, parquet_rows(split_files), f"{cfg.name} {split}", cfg.progress)
+        pieces = [partial(stories, path, 1337 + i) for i, path in enumerate(split_files)]
+        tokens = tokenize(pieces, cfg.workers, parquet_rows(split_files), f"{cfg.name} {split}", cfg.progress)
         stream = TokenStream(tokens)
         if stream.exhausted():
             raise LlmcError(f"{split_files[0].parent}: no stories in the {split} files")

@@ -59,6 +59,27 @@ def test_jsonl_json_and_multiprocess_match_parquet(tmp_path, docs, monkeypatch):
 
 
 def test_edu_fineweb_names(tmp_path, docs):
-    result = run_prepro("edu_fineweb", "--input", str(docs[1]), "-o", str(tmp_path / "out"), "--shard-size", "100_000")
+    result = run_prepro("edu_fineweb", "--input", str(docs[1]), "-o", str(tmp_path / "out"), "--shard-size", "100_000", "-p", "1")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edu_fineweb_val_000000.bin"]
+
+
+def test_big_row_groups_are_split_in_the_main_process(tmp_path, docs, monkeypatch):
+    from llmc.data import sources
+    args = ["fineweb", "--input", str(docs[1]), "-s", "1500", "-p", "1"]
+    assert run_prepro(*args, "-o", str(tmp_path / "whole")).exit_code == 0
+    monkeypatch.setattr(sources, "ROW_GROUP_BYTES", 1)
+    assert run_prepro(*args, "-o", str(tmp_path / "split")).exit_code == 0
+    whole = {p.name: p.read_bytes() for p in (tmp_path / "whole").iterdir()}
+    assert whole == {p.name: p.read_bytes() for p in (tmp_path / "split").iterdir()} and len(whole) > 3
+
+
+@pytest.mark.parametrize("column, message", [
+    (["a", None], "1 rows have no 'text' (null)"),
+    ([1, 2], "column 'text' holds int64, not text"),
+])
+def test_bad_parquet_text(tmp_path, column, message):
+    pq.write_table(pa.table({"text": column}), tmp_path / "bad.parquet")
+    result = run_prepro("fineweb", "--input", str(tmp_path / "bad.parquet"), "-o", str(tmp_path / "out"), "-p", "1")
+    assert result.exit_code == 1 and message in result.output
+    assert list((tmp_path / "out").iterdir()) == []

@@ -7,7 +7,7 @@ import pytest
 from llmc.core.errors import LlmcError
 from llmc.core.formats import read_shard, write_shard
 from llmc.data import shards
-from llmc.data.shards import TokenStream, tokenize, write_sharded, write_tokens
+from llmc.data.shards import TokenStream, text_pieces, tokenize, write_sharded, write_tokens
 
 from .util import EOT, docs_tokens, shard_tokens
 
@@ -79,16 +79,18 @@ def texts(n: int, seed: int = 0) -> list[str]:
     return ["".join(rng.choice(words, size=rng.integers(0, 60))) for _ in range(n)]
 
 
-def test_multiprocess_equals_single_process(ref_enc):
+def test_multiprocess_equals_single_process(ref_enc, monkeypatch):
+    monkeypatch.setattr(shards, "BATCH_CHARS", 500)
     docs = texts(400)
-    single = np.concatenate(list(tokenize(docs, workers=1, progress=False, batch_chars=500)))
-    multi = list(tokenize(docs, workers=2, progress=False, batch_chars=500))
+    single = np.concatenate(list(tokenize(text_pieces(docs), workers=1, progress=False)))
+    multi = list(tokenize(text_pieces(docs), workers=2, progress=False))
     assert len(multi) > 10  # many batches went through the pool
     np.testing.assert_array_equal(np.concatenate(multi), single)
     np.testing.assert_array_equal(single, docs_tokens(ref_enc, docs))
 
 
-def test_tokenize_streams():
+def test_tokenize_streams(monkeypatch):
+    monkeypatch.setattr(shards, "BATCH_CHARS", 200)
     pulled = 0
 
     def endless():
@@ -97,7 +99,7 @@ def test_tokenize_streams():
             pulled += 1
             yield f"document number {i}"
 
-    stream = TokenStream(tokenize(endless(), workers=2, progress=False, batch_chars=200))
+    stream = TokenStream(tokenize(text_pieces(endless()), workers=2, progress=False))
     first = np.concatenate(list(stream.take(5000)))
     assert first.size == 5000 and first[0] == EOT
     assert pulled < 5000  # ~6 tokens a document: read only a few batches ahead, never the whole input

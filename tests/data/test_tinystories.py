@@ -31,20 +31,20 @@ def make_files(folder) -> list[list[str]]:
 
 def test_json_files_val_first_and_shuffled(tmp_path, ref_enc):
     files = make_files(tmp_path / "src")
-    result = run_prepro("tinystories", "--input", str(tmp_path / "src"), "-o", str(tmp_path / "out"))
+    result = run_prepro("tinystories", "--input", str(tmp_path / "src"), "-o", str(tmp_path / "out"), "-p", "1")
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(shard_tokens(tmp_path / "out/TinyStories_val.bin"), llmc_split(ref_enc, files[:1]))
     # the train split restarts the shard index at 0: data01 is shuffled by Random(1337)
     np.testing.assert_array_equal(shard_tokens(tmp_path / "out/TinyStories_train.bin"), llmc_split(ref_enc, files[1:]))
 
 
-def test_archive_is_unpacked_once_beside_the_shards(tmp_path):
+def test_archive_unpacked_beside_the_shards_and_multiprocess(tmp_path):
     make_files(tmp_path / "src")
     with tarfile.open(tmp_path / "TinyStories_all_data.tar.gz", "w:gz") as tar:
         for p in sorted((tmp_path / "src").iterdir(), reverse=True):  # archive order must not matter
             tar.add(p, arcname=p.name)
-    assert run_prepro("tinystories", "--input", str(tmp_path / "src"), "-o", str(tmp_path / "a")).exit_code == 0
-    result = run_prepro("tinystories", "--input", str(tmp_path / "TinyStories_all_data.tar.gz"), "-o", str(tmp_path / "b"))
+    assert run_prepro("tinystories", "--input", str(tmp_path / "src"), "-o", str(tmp_path / "a"), "-p", "1").exit_code == 0
+    result = run_prepro("tinystories", "--input", str(tmp_path / "TinyStories_all_data.tar.gz"), "-o", str(tmp_path / "b"), "-p", "2")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "b/TinyStories_all_data").iterdir()) == ["data00.json", "data01.json", "data02.json"]
     for name in ("TinyStories_val.bin", "TinyStories_train.bin"):
