@@ -234,6 +234,8 @@ class DebugState:
 def read_debug_state(path: str | os.PathLike, cfg: GPTConfig) -> DebugState:
     h = read_header(path, STATE_MAGIC, (STATE_VERSION,), "debug state")
     B, T = int(h[2]), int(h[3])
+    if B < 1 or T < 1:
+        raise LlmcError(f"{path}: debug state has batch B={B}, T={T}; both must be >= 1")
     V = cfg.vocab_size
     nparams = sum(int(np.prod(s)) for s in param_shapes(cfg).values())
     counts = [B * T, B * T, B * T * V, 1, nparams]
