@@ -6,8 +6,7 @@ import numpy as np
 
 from llmc.core.gpu.runtime import BF16, check, check_arrays, launch, rows
 
-THREADS = 512  # two-pass kernel
-REGISTER_THREADS, REGISTER_PACKS = 1024, 7  # kernels/classifier.cu's CLS_PACKS: rows up to 57344 logits
+THREADS = 512
 
 
 def softmax_crossentropy(losses, logits, targets, vocab_size: int, dloss: float | None = None) -> None:
@@ -21,9 +20,6 @@ def softmax_crossentropy(losses, logits, targets, vocab_size: int, dloss: float 
     check(losses.size == N and targets.size == N, f"{op}: losses and targets need {N} entries")
     check(0 < vocab_size <= Vp, f"{op}: vocab size {vocab_size} outside (0, {Vp}]")
     check(Vp % 8 == 0, f"{op}: padded vocab {Vp} must be a multiple of 8")
-    args = (losses, logits, targets, np.int32(vocab_size), np.int32(Vp), np.float32(0.0 if dloss is None else dloss),
-            np.int32(dloss is not None))
-    if Vp <= REGISTER_THREADS * REGISTER_PACKS * 8:  # the row read once, kept in registers
-        launch("classifier", "softmax_crossentropy_registers", N, REGISTER_THREADS, args)
-    else:
-        launch("classifier", "softmax_crossentropy", N, THREADS, args)
+    launch("classifier", "softmax_crossentropy", N, THREADS,
+           (losses, logits, targets, np.int32(vocab_size), np.int32(Vp),
+            np.float32(0.0 if dloss is None else dloss), np.int32(dloss is not None)))

@@ -52,23 +52,33 @@ def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
     train_step = gpu.graph(lambda: (gpt.forward(dloss=1.0 / (B * T)), gpt.backward()))
     data = batches(cfg, B, T, 4)
     times, losses, graph_ms = [], [], []
+    phases = defaultdict(list)  # host seconds per part of the step (where the GPU may wait on the host)
     start, end = cp.cuda.Event(), cp.cuda.Event()
     for step in range(warmup + steps):
         x, y = data[step % len(data)]
-        t0 = time.perf_counter()
+        marks = [time.perf_counter()]
         gpt.zero_grad()
         gpt.set_batch(x, y)
+        marks.append(time.perf_counter())
         start.record(gpu.runtime.stream)
         train_step()
         end.record(gpu.runtime.stream)
         losses.append(gpt.mean_loss())
+        marks.append(time.perf_counter())
         graph_ms.append(cp.cuda.get_elapsed_time(start, end))
         norm = gpt.grad_norm()
+        marks.append(time.perf_counter())
         gpt.update(3e-4, 0.9, 0.95, 1e-8, 0.0, step + 1, 1.0 / max(norm, 1.0), seed=step)
+        marks.append(time.perf_counter())
         gpu.synchronize()
-        times.append(time.perf_counter() - t0)
+        marks.append(time.perf_counter())
+        times.append(marks[-1] - marks[0])
+        for name, a, b in zip(("zero_grad+set_batch", "graph+loss", "grad_norm", "update (host)", "sync"),
+                              marks, marks[1:]):
+            phases[name].append(b - a)
     return {"cfg": cfg, "times": times[warmup:], "losses": losses, "mem_mib": device_used_mib(),
-            "graph_ms": float(np.median(graph_ms[warmup:]))}
+            "graph_ms": float(np.median(graph_ms[warmup:])),
+            "phases_ms": {k: 1e3 * float(np.median(v[warmup:])) for k, v in phases.items()}}
 
 
 def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
@@ -193,7 +203,8 @@ def child(which: str, model: str, B: int, T: int, warmup: int, steps: int, profi
     tok_s = B * T / dt
     out = {"ms": dt * 1e3, "tok_s": tok_s, "mfu": tok_s * flops_per_token(r["cfg"], T) / PROMISED_BF16,
            "mem_mib": r["mem_mib"], "first_loss": r["losses"][0], "last_loss": r["losses"][-1],
-           "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3, "graph_ms": r.get("graph_ms")}
+           "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3, "graph_ms": r.get("graph_ms"),
+           "phases_ms": r.get("phases_ms")}
     if profile and which == "llmc":
         out["profile"] = profile_llmc(model, B, T)
     print(json.dumps(out))
@@ -234,6 +245,9 @@ def main() -> None:
                   f"mem {r['mem_mib'] / 1024:5.2f} GiB  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
                   f"(spread {r['spread_ms']:.2f} ms" + (f", graph {r['graph_ms']:.2f} ms" if r["graph_ms"] else "")
                   + ")", flush=True)
+            if args.profile and r.get("phases_ms"):
+                print("      step phases (host clock, median ms): " +
+                      ", ".join(f"{k} {v:.2f}" for k, v in r["phases_ms"].items()))
             for key, ms, n in r.get("profile", []):
                 print(f"      {ms:8.3f} ms  {n:4d}x  {key}")
         rows.append((B, results))
