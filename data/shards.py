@@ -123,7 +123,7 @@ def write_tokens(path: Path, chunks: Iterable[np.ndarray]) -> Written:
             ntok += chunk.size
             if ntok > MAX_SHARD_TOKENS:
                 raise LlmcError(f"{path}: more than {MAX_SHARD_TOKENS:,} tokens do not fit llm.c's int32 count")
-            f.write(chunk.astype("<u2", copy=False).tobytes())
+            f.write(chunk.astype("<u2", copy=False).data)
         f.seek(0)
         f.write(make_header(SHARD_MAGIC, SHARD_VERSION, ntok).tobytes())
     return Written(path, ntok, "tokens")

@@ -7,8 +7,9 @@ llm.c keeps them beside its .bin files. pyarrow is imported only when a parquet 
 
 import json
 import urllib.request
-from pathlib import Path
+from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
@@ -130,24 +131,30 @@ def read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
         raise LlmcError(f"{path}: not valid {path.suffix[1:].upper()} ({_first_line(e)})") from None
 
 
-def _parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    pf = open_parquet(path)
-    present = [c for c in columns if c in pf.schema_arrow.names]
-    if not present:
-        raise LlmcError(f"{path}: no column {' or '.join(columns)} (it has {', '.join(pf.schema_arrow.names)})")
+@contextmanager
+def _parquet_errors(path: Path) -> Iterator[None]:
     try:
-        for batch in pf.iter_batches(batch_size=1024, columns=present):
-            yield from batch.to_pylist()
-    except Exception as e:  # pyarrow's ArrowException, OSError
+        yield
+    except LlmcError:
+        raise
+    except Exception as e:  # pyarrow's ArrowException, OSError: a broken or foreign file
         raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
 
 
 def open_parquet(path: Path):
     pq = _parquet()
-    try:
+    with _parquet_errors(path):
         return pq.ParquetFile(path)
-    except Exception as e:
-        raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
+
+
+def _parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    pf = open_parquet(path)
+    present = [c for c in columns if c in pf.schema_arrow.names]
+    if not present:
+        raise LlmcError(f"{path}: no column {' or '.join(columns)} (it has {', '.join(pf.schema_arrow.names)})")
+    with _parquet_errors(path):
+        for batch in pf.iter_batches(batch_size=1024, columns=present):
+            yield from batch.to_pylist()
 
 
 def given(texts: list[str]) -> list[str]:
@@ -172,20 +179,14 @@ def parquet_pieces(path: Path, fields: tuple[str, ...]) -> Iterator[Callable[[],
         if pf.metadata.row_group(i).total_byte_size <= ROW_GROUP_BYTES:
             yield partial(row_group_texts, path, i, column)
             continue
-        try:
+        with _parquet_errors(path):
             for batch in pf.iter_batches(batch_size=4096, row_groups=[i], columns=[column]):
                 yield partial(given, _texts(batch.column(0), path, column))
-        except Exception as e:
-            raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
 
 
 def row_group_texts(path: Path, i: int, column: str) -> list[str]:
-    try:
+    with _parquet_errors(path):
         values = open_parquet(path).read_row_group(i, columns=[column]).column(0)
-    except LlmcError:
-        raise
-    except Exception as e:
-        raise LlmcError(f"{path}: unreadable parquet ({_first_line(e)})") from None
     return _texts(values, path, column)
 
 

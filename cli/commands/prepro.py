@@ -61,7 +61,7 @@ def command(name: str, out_dir: Path | None, input_: Path | None, builtin: bool,
 
     Example: llmc prepro tinyshakespeare --builtin -o data/tinyshakespeare
     """
-    if version is not None and name not in SHARDED or shard_size is not None and name not in SHARDED:
+    if name not in SHARDED and (version or shard_size):
         raise LlmcError("--version and --shard-size apply only to fineweb and edu_fineweb")
     if builtin and name != "tinyshakespeare":
         raise LlmcError("--builtin applies only to tinyshakespeare")
