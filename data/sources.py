@@ -64,9 +64,9 @@ def url_file(url: str, dest: Path, progress: bool = True) -> Path:
     """Download url to dest unless it is already there."""
     if dest.exists():
         return dest
-    hint = f"pass --input PATH (a local copy of {url})"
+    hint = "pass --input PATH (a local copy of it)"
     if offline():
-        raise LlmcError(f"{dest} is not downloaded yet and HF_HUB_OFFLINE is set; {hint}")
+        raise LlmcError(f"{url} is not downloaded to {dest} yet and HF_HUB_OFFLINE is set; {hint}")
     try:
         resp = urllib.request.urlopen(url, timeout=60)
     except OSError as e:

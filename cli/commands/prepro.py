@@ -28,7 +28,7 @@ class TokenCount(click.ParamType):
 
 
 @click.command("prepro")
-@click.argument("name", type=click.Choice(list(DATASETS)))
+@click.argument("name", type=click.Choice(list(DATASETS)), metavar="NAME")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder.  [default: ./data/NAME]")
 @click.option("-i", "--input", "input_", type=click.Path(path_type=Path),
