@@ -83,3 +83,14 @@ def test_bad_parquet_text(tmp_path, column, message):
     result = run_prepro("fineweb", "--input", str(tmp_path / "bad.parquet"), "-o", str(tmp_path / "out"), "-p", "1")
     assert result.exit_code == 1 and message in result.output
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_worker_error_reaches_the_cli_and_leaves_only_whole_shards(tmp_path):
+    rows = texts(200, seed=3) + [None] + texts(50, seed=4)  # the bad row is in the last row group
+    pq.write_table(pa.table({"text": rows}), tmp_path / "d.parquet", row_group_size=25)
+    result = run_prepro("fineweb", "--input", str(tmp_path / "d.parquet"), "-o", str(tmp_path / "out"), "-s", "500",
+                        "-p", "2")
+    assert result.exit_code == 1 and "1 rows have no 'text' (null)" in result.output
+    left = sorted((tmp_path / "out").iterdir())
+    assert left and all(p.name.endswith(".bin") and not p.name.startswith(".") for p in left)
+    assert all(shard_tokens(p).size == 500 for p in left)  # complete shards only, nothing half-written
