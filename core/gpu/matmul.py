@@ -41,12 +41,13 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> N
     check(dinp.shape == inp.shape and dweight.shape == weight.shape,
           "matmul_backward: dinp/dweight must have the shapes of inp/weight")
     check(pre_gelu is None or pre_gelu.shape == inp.shape, "matmul_backward: pre_gelu must have the input's shape")
+    # dinp last: the next layer's backward reads it right away, from L2 if nothing evicted it
+    if dbias is not None:
+        bias_backward(dbias, dout, N, OC)
+    gemm(dweight.data.ptr, dout.data.ptr, inp.data.ptr, OC, C, N, lda=OC, ldb=C, ldd=C, trans_a=True, beta=1.0)
     gemm(dinp.data.ptr, dout.data.ptr, weight.data.ptr, N, C, OC, lda=OC, ldb=C, ldd=C,
          epilogue=Epilogue.DEFAULT if pre_gelu is None else Epilogue.DGELU,
          aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=C if pre_gelu is not None else 0)
-    gemm(dweight.data.ptr, dout.data.ptr, inp.data.ptr, OC, C, N, lda=OC, ldb=C, ldd=C, trans_a=True, beta=1.0)
-    if dbias is not None:
-        bias_backward(dbias, dout, N, OC)
 
 
 def bias_backward(dbias, dout, N: int, OC: int) -> None:
