@@ -28,7 +28,7 @@ from llmc.data import Written
 from llmc.data.sources import given, parquet_pieces, read_texts
 from llmc.data.tokenizer import encode_documents, gpt2_encoding
 
-BATCH_CHARS = 1 << 20  # text per piece read here: amortizes the pickling, small enough to stay flat
+BATCH_CHARS = 1 << 22  # text per piece read here: amortizes the pickling, small enough to stay flat
 MAX_SHARD_TOKENS = 2**31 - 1  # the header's token count is an int32
 
 Piece = Callable[[], list[str]]  # picklable (a partial of a module-level function)

@@ -31,7 +31,8 @@ def extract(archive: Path, dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            # "data" filter: no absolute paths, links out or devices (Python >= 3.10.12 / 3.11.4)
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         os.replace(tmp, dest)
     except tarfile.TarError as e:
         raise LlmcError(f"{archive}: not a readable tar archive ({e})") from None
