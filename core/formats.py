@@ -216,7 +216,9 @@ def write_model(path: str | os.PathLike, cfg: GPTConfig, params: np.ndarray, dty
             f.write(np.ascontiguousarray(params, dtype="<f4").tobytes())
         else:
             f.write(model_header(cfg, MODEL_BF16).tobytes())
-            f.write(f32_to_bf16_bits(params).astype("<u2").tobytes())
+            flat = params.reshape(-1)
+            for lo in range(0, flat.size, 1 << 24):  # in chunks: the conversion's temporaries stay small
+                f.write(f32_to_bf16_bits(flat[lo: lo + (1 << 24)]).astype("<u2").tobytes())
 
 
 # ----------------------------------------------------------------------------- debug states
