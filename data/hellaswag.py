@@ -31,7 +31,8 @@ def example(index: int, row: dict[str, Any], where: str) -> EvalExample:
 def prepare(cfg: PreproConfig) -> list[Written]:
     files = local_files(cfg.input) if cfg.input else [url_file(URL, cfg.out_dir / "hellaswag_val.jsonl", cfg.progress)]
     rows = ((row, str(path)) for path in files for row in read_rows(path, ("ctx", "endings", "label")))
-    examples = [example(i, row, where) for i, (row, where) in enumerate(tqdm(rows, unit="ex", desc=cfg.name, disable=not cfg.progress))]
+    rows = tqdm(rows, unit="ex", desc=cfg.name, disable=not cfg.progress)
+    examples = [example(i, row, where) for i, (row, where) in enumerate(rows)]
     if not examples:
         raise LlmcError(f"{cfg.input or files[0]}: no examples")
     path = cfg.out_dir / "hellaswag_val.bin"

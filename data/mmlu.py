@@ -37,7 +37,8 @@ def tar_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
     """The *_test.csv members of the original data.tar, in name order."""
     try:
         with tarfile.open(path) as tar:
-            members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith("_test.csv")), key=lambda m: m.name)
+            members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith("_test.csv")),
+                             key=lambda m: m.name)
             if not members:
                 raise LlmcError(f"{path}: no *_test.csv files in this archive")
             for m in members:
@@ -74,7 +75,8 @@ def example(index: int, row: dict[str, Any], where: str) -> EvalExample:
 
 def prepare(cfg: PreproConfig) -> list[Written]:
     src = cfg.input or hub_file(REPO, FILE)
-    examples = [example(i, row, where) for i, (row, where) in enumerate(tqdm(rows(src), unit="ex", desc=cfg.name, disable=not cfg.progress))]
+    progress = tqdm(rows(src), unit="ex", desc=cfg.name, disable=not cfg.progress)
+    examples = [example(i, row, where) for i, (row, where) in enumerate(progress)]
     if not examples:
         raise LlmcError(f"{src}: no examples")
     path = cfg.out_dir / "mmlu_test.bin"

@@ -72,7 +72,8 @@ def url_file(url: str, dest: Path, progress: bool = True) -> Path:
     except OSError as e:
         raise LlmcError(f"could not download {url} ({_first_line(e)}); {hint}") from None
     size = int(resp.headers.get("content-length") or 0) or None
-    with resp, atomic_write(dest) as f, tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, disable=not progress)
+    with resp, atomic_write(dest) as f, bar:
         while chunk := resp.read(1 << 20):
             f.write(chunk)
             bar.update(len(chunk))

@@ -42,7 +42,7 @@ class TokenCount(click.ParamType):
 @click.option("-s", "--shard-size", type=TokenCount(),
               help="fineweb/edu_fineweb: tokens per shard (e.g. 1e8).  [default: 1e8]")
 @click.option("-p", "--workers", type=click.IntRange(min=1), default=default_workers, show_default="all cores",
-              help="Tokenizer processes; 1 tokenizes in the main process.")
+              help="Tokenizer processes for token shards; 1 tokenizes in the main process.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def command(name: str, out_dir: Path | None, input_: Path | None, builtin: bool, version: str | None,
             shard_size: int | None, workers: int, quiet: bool) -> None:

@@ -101,7 +101,8 @@ def main() -> None:
             wall, cpu, _ = rows[name]
             print(f"{label:30}{tokens / wall:12,.0f}{tokens / wall / n:12,.0f}{tokens / cpu:12,.0f}")
         (t_wall, t_cpu, _), (p_wall, p_cpu, _) = rows["tiktoken"], rows["prepro"]
-        print(f"ratio on {n} core(s): {t_wall / p_wall:.3f} wall-clock, {t_cpu / p_cpu:.3f} per CPU-second (goal >= 0.9)")
+        print(f"ratio on {n} core(s): {t_wall / p_wall:.3f} wall-clock, {t_cpu / p_cpu:.3f} per CPU-second "
+              "(goal >= 0.9)")
 
 
 if __name__ == "__main__":

@@ -74,10 +74,11 @@ def test_offline_without_input(tmp_path, monkeypatch):
 
 def test_input_file_for_tinyshakespeare_must_be_text(tmp_path):
     (tmp_path / "t.txt").write_bytes(b"\xff\xfe bad utf-8 \xc3")
-    assert "not UTF-8 text" in one_error_line(run_prepro("tinyshakespeare", "--input", str(tmp_path / "t.txt"), "-o", str(tmp_path)))
-    assert "takes a text file" in one_error_line(run_prepro("tinyshakespeare", "--input", str(tmp_path), "-o", str(tmp_path)))
+    for src, message in ((tmp_path / "t.txt", "not UTF-8 text"), (tmp_path, "takes a text file")):
+        assert message in one_error_line(run_prepro("tinyshakespeare", "--input", str(src), "-o", str(tmp_path)))
 
 
 def test_mmlu_bad_answer(tmp_path):
-    (tmp_path / "m.jsonl").write_text(json.dumps({"question": "q", "choices": ["a", "b", "c", "d"], "answer": "E"}) + "\n")
-    assert "answer A-D or 0-3" in one_error_line(run_prepro("mmlu", "--input", str(tmp_path / "m.jsonl"), "-o", str(tmp_path)))
+    (tmp_path / "m.jsonl").write_text(json.dumps({"question": "q", "choices": list("abcd"), "answer": "E"}) + "\n")
+    result = run_prepro("mmlu", "--input", str(tmp_path / "m.jsonl"), "-o", str(tmp_path))
+    assert "answer A-D or 0-3" in one_error_line(result)

@@ -59,7 +59,8 @@ def test_jsonl_json_and_multiprocess_match_parquet(tmp_path, docs, monkeypatch):
 
 
 def test_edu_fineweb_names(tmp_path, docs):
-    result = run_prepro("edu_fineweb", "--input", str(docs[1]), "-o", str(tmp_path / "out"), "--shard-size", "100_000", "-p", "1")
+    result = run_prepro("edu_fineweb", "--input", str(docs[1]), "-o", str(tmp_path / "out"), "--shard-size", "100_000",
+                        "-p", "1")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edu_fineweb_val_000000.bin"]
 

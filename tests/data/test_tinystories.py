@@ -44,9 +44,11 @@ def test_archive_unpacked_beside_the_shards_and_multiprocess(tmp_path):
         for p in sorted((tmp_path / "src").iterdir(), reverse=True):  # archive order must not matter
             tar.add(p, arcname=p.name)
     assert run_prepro("tinystories", "--input", str(tmp_path / "src"), "-o", str(tmp_path / "a"), "-p", "1").exit_code == 0
-    result = run_prepro("tinystories", "--input", str(tmp_path / "TinyStories_all_data.tar.gz"), "-o", str(tmp_path / "b"), "-p", "2")
+    archive = tmp_path / "TinyStories_all_data.tar.gz"
+    result = run_prepro("tinystories", "--input", str(archive), "-o", str(tmp_path / "b"), "-p", "2")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "b/TinyStories_all_data").iterdir()) == ["data00.json", "data01.json", "data02.json"]
+    unpacked = sorted(p.name for p in (tmp_path / "b/TinyStories_all_data").iterdir())
+    assert unpacked == ["data00.json", "data01.json", "data02.json"]
     for name in ("TinyStories_val.bin", "TinyStories_train.bin"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
