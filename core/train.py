@@ -98,6 +98,8 @@ class Trainer:
                  stream: Callable[[str], None] = _write_stdout):
         """out prints a line; stream writes sampled text as it comes (no newline)."""
         self.cfg, self.backend, self.out, self.stream = cfg, backend, out, stream
+        if cfg.B < 1 or cfg.T < 1:
+            raise LlmcError(f"-b and -t take sizes >= 1, not {cfg.B} and {cfg.T}")
         tokens_per_fwdbwd = cfg.B * cfg.T * cfg.num_processes
         total = tokens_per_fwdbwd if cfg.total_batch == -1 else cfg.total_batch
         if total <= 0 or total % tokens_per_fwdbwd:
@@ -107,8 +109,8 @@ class Trainer:
             raise LlmcError("-sl and -sg take a z-score threshold >= 0 (0 = off)")
         if min(cfg.checkpoint_every, cfg.checkpoints_keep, cfg.major_checkpoint_every) < 0:
             raise LlmcError("-n, -nk and -nm take a number of steps >= 0 (0 = off)")
-        if cfg.val_every <= 0:
-            raise LlmcError(f"-v takes a number of steps >= 1, not {cfg.val_every}")
+        if cfg.val_every <= 0 or cfg.val_max_steps == 0 or cfg.val_max_steps < -1:
+            raise LlmcError("-v takes a number of steps >= 1 and -m a number of batches >= 1 (or -1: all)")
         resume_step = self._find_checkpoint()
         self.resumed = resume_step is not None
         model_cfg, params = load_params(str(checkpoint.model_path(cfg.output_dir, resume_step))
@@ -240,7 +242,7 @@ class Trainer:
 
         def handler(signum, frame):
             if self.stop_signal is not None:
-                signal.signal(signum, previous[signum])
+                signal.signal(signum, previous[signum] or signal.SIG_DFL)
                 signal.raise_signal(signum)
             self.stop_signal = signum
 

@@ -96,6 +96,8 @@ def test_bad_inputs(data, tmp_path):
         (["-i", bad / "nothing_*.bin"], "no files found matching"),
         (["-t", 64], "larger than the model's max_seq_len 32"),
         (["-d", 100], "multiple of B*T"),
+        (["-b", -4, "-d", 64], "-b and -t take sizes >= 1"),
+        (["-m", 0], "-m a number of batches"),
         (["-sl", -1], "-sl and -sg"),
         (["-o", bad / "file" / "out", "-n", 5], "cannot write to the output dir"),
         (["-y", 1], "need an output dir -o"),
