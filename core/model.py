@@ -44,6 +44,8 @@ class GPT:
         self.m = self.v = None
         self.master = backend.to_device(params, np.float32) if master_weights and dt != np.float32 else None
         self.acts = self._allocate_activations(xp, dt)
+        self.norm_squared = xp.zeros(1, dtype=np.float32)
+        self.opt_views = None  # (m, v, master) named views, made with the optimizer state
         self.inputs = xp.zeros((B, T), dtype=np.int32)
         self.targets = xp.zeros((B, T), dtype=np.int32)
 
@@ -156,9 +158,8 @@ class GPT:
         self.grads.fill(0)
 
     def grad_norm(self) -> float:
-        out = self.backend.xp.zeros(1, dtype=np.float32)
-        self.backend.global_norm_squared(out, self.grads)
-        return float(np.sqrt(self.backend.to_host(out)[0]))
+        self.backend.global_norm_squared(self.norm_squared, self.grads)
+        return float(np.sqrt(self.backend.to_host(self.norm_squared)[0]))
 
     def update(self, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
                grad_scale: float = 1.0, seed: int = 0) -> None:
@@ -167,10 +168,12 @@ class GPT:
         if self.m is None:
             self.m = xp.zeros(self.params.shape, dtype=np.float32)
             self.v = xp.zeros(self.params.shape, dtype=np.float32)
-        shapes = param_shapes(self.cfg)
-        m, v = views(self.m, shapes), views(self.v, shapes)
-        master = views(self.master, shapes) if self.master is not None else None
-        for i, name in enumerate(shapes):
+        if self.opt_views is None or self.opt_views[0] is not self.m or self.opt_views[1] is not self.v:
+            shapes = param_shapes(self.cfg)
+            self.opt_views = (self.m, self.v, views(self.m, shapes), views(self.v, shapes),
+                              views(self.master, shapes) if self.master is not None else None)
+        _, _, m, v, master = self.opt_views
+        for i, name in enumerate(self.p):
             wd = weight_decay if name in DECAYED_PARAMS else 0.0
             self.backend.adamw_update(self.p[name], self.g[name], m[name], v[name],
                                       None if master is None else master[name],
