@@ -109,12 +109,12 @@ def mt_to_llmc(state: dict, seed: int) -> np.ndarray:
     return s
 
 
-def mt_from_llmc(s: np.ndarray) -> dict:
+def mt_from_llmc(s: np.ndarray, where: str = "state file") -> dict:
     if tuple(int(a) for a in s["matrix_a"]) != MT_MATRIX_A:
-        raise LlmcError("state file: the loader's mt19937 state is corrupt (bad MATRIX_A)")
+        raise LlmcError(f"{where}: the loader's mt19937 state is corrupt (bad MATRIX_A)")
     left, nxt = int(s["left"]), int(s["next"])
     if left > 1 and not 0 <= nxt < MT_N:
-        raise LlmcError(f"state file: the loader's mt19937 position {nxt} is out of range")
+        raise LlmcError(f"{where}: the loader's mt19937 position {nxt} is out of range")
     pos = MT_N if left <= 1 else nxt
     return {"bit_generator": "MT19937", "state": {"key": s["state"].astype(np.uint32), "pos": pos}}
 
@@ -129,10 +129,10 @@ def detector_to_llmc(d: OutlierDetector) -> np.ndarray:
     return s
 
 
-def detector_from_llmc(s: np.ndarray) -> OutlierDetector:
+def detector_from_llmc(s: np.ndarray, where: str = "state file") -> OutlierDetector:
     count, index = int(s["count"]), int(s["index"])
     if not 0 <= count <= WINDOW or not 0 <= index < WINDOW or (index and count < WINDOW):
-        raise LlmcError(f"state file: outlier detector has count {count}, index {index}")
+        raise LlmcError(f"{where}: corrupt outlier detector (count {count}, index {index})")
     d = OutlierDetector()
     ring = s["buffer"][:count] if count < WINDOW else np.roll(s["buffer"], -index)
     d.window.extend(float(x) for x in ring)
@@ -204,14 +204,14 @@ def read_state(path: str | os.PathLike, num_parameters: int) -> TrainState:
             for key in ("shard_order", "sample_order"):
                 n = int(r.read("<u8")[0])
                 loader[key] = r.read("<i4", n).astype(np.int64)
-            loader["rng"] = mt_from_llmc(r.read(MT_STRUCT)[0])
+            loader["rng"] = mt_from_llmc(r.read(MT_STRUCT)[0], str(path))
         detectors = None
         if r.remaining():
             tag = r.read("<i4", 2)
             if tuple(tag) != (TRAILER_MAGIC, TRAILER_VERSION) or r.remaining() != 2 * DETECTOR_STRUCT.itemsize:
                 raise LlmcError(f"{path}: {r.remaining() + 8} unexpected bytes after the optimizer state "
                                 f"(written for a model of a different size?)")
-            detectors = [detector_from_llmc(r.read(DETECTOR_STRUCT)[0]) for _ in range(2)]
+            detectors = [detector_from_llmc(r.read(DETECTOR_STRUCT)[0], str(path)) for _ in range(2)]
     return TrainState(step, m, v, master, loader, detectors, nproc, rank)
 
 
