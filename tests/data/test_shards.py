@@ -79,8 +79,10 @@ def texts(n: int, seed: int = 0) -> list[str]:
     return ["".join(rng.choice(words, size=rng.integers(0, 60))) for _ in range(n)]
 
 
-def test_multiprocess_equals_single_process(ref_enc, monkeypatch):
+@pytest.mark.parametrize("start_method", sorted({shards.START_METHOD, "spawn"}))
+def test_multiprocess_equals_single_process(ref_enc, monkeypatch, start_method):
     monkeypatch.setattr(shards, "BATCH_CHARS", 500)
+    monkeypatch.setattr(shards, "START_METHOD", start_method)
     docs = texts(400)
     single = np.concatenate(list(tokenize(text_pieces(docs), workers=1, progress=False)))
     multi = list(tokenize(text_pieces(docs), workers=2, progress=False))
