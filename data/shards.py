@@ -34,8 +34,8 @@ MAX_SHARD_TOKENS = 2**31 - 1  # the header's token count is an int32
 
 Piece = Callable[[], list[str]]  # picklable (a partial of a module-level function)
 # fork where there is one: workers inherit the loaded tokenizer instead of importing and building it
-# (~0.5 CPU-s each, a tenth of a 50 MB job on 2 cores); they only tokenize, never touching the threads
-# the parent may have (tqdm's monitor, pyarrow's pool), which is what makes fork risky elsewhere
+# (~0.5 CPU-s each, a tenth of a 50 MB job on 2 cores); the pool starts before any tokenizing and
+# between reads, so no lock of the parent's threads (tqdm's monitor, pyarrow's pool) is held mid-use
 START_METHOD = "fork" if "fork" in get_all_start_methods() else "spawn"
 
 
