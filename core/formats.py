@@ -41,6 +41,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -27,10 +27,15 @@ class TokenCount(click.ParamType):
         return int(n)
 
 
+def default_dir(name: str, version: str) -> str:
+    """llm.c's folder names: fineweb10B, edu_fineweb100B, ...; the dataset's name otherwise."""
+    return f"{name}{version}" if name in SHARDED else name
+
+
 @click.command("prepro")
 @click.argument("name", type=click.Choice(list(DATASETS)), metavar="NAME")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder.  [default: ./data/NAME]")
+              help="Output folder.  [default: ./data/NAME, ./data/fineweb10B for fineweb -v 10B, as llm.c]")
 @click.option("-i", "--input", "input_", type=click.Path(path_type=Path),
               help="Local source instead of a download: a file, or a folder of .parquet/.jsonl/.json files "
                    "(tinyshakespeare: a text file; tinystories: also the .tar.gz; mmlu: also data.tar or *_test.csv).")
@@ -67,7 +72,7 @@ def command(name: str, out_dir: Path | None, input_: Path | None, builtin: bool,
         raise LlmcError("--builtin applies only to tinyshakespeare")
     if builtin and input_ is not None:
         raise LlmcError("give --builtin or --input, not both")
-    cfg = PreproConfig(name=name, out_dir=out_dir or Path("data") / name, input=input_, builtin=builtin,
+    cfg = PreproConfig(name=name, out_dir=out_dir or Path("data") / default_dir(name, version or "10B"), input=input_, builtin=builtin,
                        version=version or "10B", shard_size=shard_size or 10**8, workers=workers, progress=not quiet)
     start = time.perf_counter()
     written = prepare(cfg)
