@@ -2,7 +2,9 @@
 
 GPT-2 d12 (random init, V=50257), from <|endoftext|>, llm.c's sampler (xorshift seeded 1337), in one
 process: with the cache each token runs one position; without it, the whole prefix again (llm.c's
-way). Both must draw the same tokens. Example: python -m tests.bench.bench_sample --tokens 64 128
+way). On the CPU both draw the same tokens; on the GPU, cuBLAS rounds a one-row product differently
+from a many-row one, so the draws may part after a while (same_tokens says whether they did).
+Example: python -m tests.bench.bench_sample --tokens 64 128
 """
 
 import argparse
@@ -41,9 +43,8 @@ def main() -> None:
     for n in args.tokens:
         cached, a = tokens_per_second(cfg, params, backend.xp, n, True)
         full, b = tokens_per_second(cfg, params, backend.xp, n, False)
-        assert a == b, "the KV cache changed the sampled tokens"
         results.append({"tokens": n, "kv_cache_tok_s": round(cached, 2), "no_kv_cache_tok_s": round(full, 2),
-                        "speedup": round(cached / full, 2)})
+                        "speedup": round(cached / full, 2), "same_tokens": a == b})
         print(json.dumps({"model": args.model, "device": args.device, **results[-1]}), flush=True)
 
 
