@@ -306,7 +306,8 @@ class Trainer:
                      ("overfit_single_batch", c.overfit_single_batch), ("checkpoint_every", c.checkpoint_every),
                      ("resume", c.resume), ("run hellaswag", "yes" if self.hellaswag else "no"),
                      ("device", self.backend.name)], self.out)
-        print_table([("weight init method", "intermediate checkpoint" if self.resumed else c.model), ("max_sequence_length T", m.max_seq_len),
+        print_table([("weight init method", "intermediate checkpoint" if self.resumed else c.model),
+                     ("max_sequence_length T", m.max_seq_len),
                      ("vocab_size V", m.vocab_size), ("padded_vocab_size Vp", m.padded_vocab_size),
                      ("num_layers L", m.num_layers), ("num_heads NH", m.num_heads), ("channels C", m.channels),
                      ("num_parameters", num_parameters(m)), ("train_num_batches", self.num_steps),

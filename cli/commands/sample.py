@@ -40,7 +40,8 @@ def command(model: str, prompt: str, tokens: int, temperature: float, top_k: int
     cfg, params = load_params(model)
     decoder = load_decoder(tokenizer)
     if decoder.eot >= cfg.vocab_size:
-        raise LlmcError(f"{model}: the model's vocab of {cfg.vocab_size} has no <|endoftext|> ({decoder.eot}) to start from")
+        raise LlmcError(f"{model}: the model's vocab of {cfg.vocab_size} has no <|endoftext|> ({decoder.eot}) "
+                        f"to start from")
     context = [decoder.eot, *encode_prompt(prompt)]
     limit = max_new_tokens(cfg, len(context))
     if limit < 1:

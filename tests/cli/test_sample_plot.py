@@ -1,6 +1,5 @@
 """`llmc sample` and `llmc plot` through the command line."""
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from llmc.cli.main import main
 from llmc.core import checkpoint
 from llmc.core.config import GPTConfig, num_parameters
-from llmc.core.formats import read_model, write_eval_shard, write_model, write_shard, EvalExample
+from llmc.core.formats import EvalExample, read_model, write_eval_shard, write_model, write_shard
 from llmc.core.init import random_init
 
 CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=32)
@@ -150,8 +150,9 @@ def test_hellaswag_that_does_not_fit(data, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- killed runs
 
 def child(argv: list[str], **env) -> subprocess.Popen:
+    env = {**os.environ, **{k: str(v) for k, v in env.items()}}
     return subprocess.Popen([sys.executable, "-c", CHILD, "train-cpu", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **{k: str(v) for k, v in env.items()}})
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def assert_checkpoints_load(out: Path) -> None:
