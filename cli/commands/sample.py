@@ -13,7 +13,8 @@ import click
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="softmax temperature (0 = greedy)")
 @click.option("--top-k", type=int, default=0, show_default=True, help="sample from the k likeliest tokens (0 = all)")
 @click.option("--seed", type=int, default=1337, show_default=True, help="xorshift sampler seed (llm.c's is 1337)")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="where to run: the NumPy backend, or CuPy (the same code)")
 @click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
               help="llm.c's gpt2_tokenizer.bin for decoding [default: it if in the cwd, else GPT-2's BPE]")
 @click.option("--kv-cache/--no-kv-cache", default=True, show_default=True,

@@ -110,3 +110,25 @@ def test_gpt2_decoder_round_trip():
     text = "Hello, wörld — ünïcode ✓"
     assert "".join(d(t) for t in encode_prompt(text)) + d.flush() == text
     assert d.eot == 50256 and d(50256) == "<|endoftext|>"
+
+
+def test_training_samples_as_llmc(tmp_path):
+    """Mid-run samples: from <|endoftext|>, genT - 1 tokens, xorshift seeded 1337, streamed."""
+    from llmc.core.config import GPT2_EOT, GPT2_VOCAB, pad_vocab
+    from llmc.core.formats import write_model, write_shard
+    from llmc.core.sample import load_decoder
+    from llmc.core.train import TrainConfig, Trainer
+
+    cfg = GPTConfig(16, GPT2_VOCAB, pad_vocab(GPT2_VOCAB), 1, 2, 16)
+    write_model(tmp_path / "m.bin", cfg, random_init(cfg) * 8)
+    write_shard(tmp_path / "d.bin", np.random.default_rng(0).integers(0, GPT2_VOCAB, 500))
+    lines, text = [], []
+    trainer = Trainer(TrainConfig(train_data=str(tmp_path / "d.bin"), val_data=str(tmp_path / "d.bin"),
+                                  model=str(tmp_path / "m.bin"), B=4, T=8, max_steps=2, val_max_steps=1,
+                                  sample_every=2, gen_tokens=9), cpu, out=lines.append, stream=text.append)
+    trainer.run()  # one sample, at step 2 (the last step)
+    assert lines.count("generating:\n---") == 1 and "\n---" in lines
+    decoder = load_decoder()
+    tokens = generate(cfg, trainer.model.params, np, [GPT2_EOT], 8, XorShift(1337))
+    assert "".join(text) == "".join(decoder(t) for t in tokens) + decoder.flush()
+    assert len(text) == 9  # streamed token by token, then the decoder's flush
