@@ -82,3 +82,16 @@ def train_config(options: dict) -> TrainConfig:
         if field and options.get(_dest(flags)) is not None:
             values[field] = options[_dest(flags)]
     return TrainConfig(**values)
+
+
+def run_training(cfg: TrainConfig, device: str) -> None:
+    """Build the trainer on the device's backend and run it; a run stopped by SIGINT/SIGTERM (after
+    its checkpoint) exits with 128 + the signal number, as the signal itself would have."""
+    from llmc.core.backends import get_backend
+    from llmc.core.train import Trainer
+
+    trainer = Trainer(cfg, get_backend(device), out=click.echo)
+    trainer.describe()
+    trainer.run()
+    if trainer.stop_signal is not None:
+        raise SystemExit(128 + trainer.stop_signal)

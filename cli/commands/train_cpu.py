@@ -2,7 +2,7 @@
 
 import click
 
-from llmc.cli.flags import train_config, train_options
+from llmc.cli.flags import run_training, train_config, train_options
 
 
 @click.command("train-cpu")
@@ -12,9 +12,4 @@ def command(**options) -> None:
 
     Example: llmc train-cpu -e d6 -i 'data/tinyshakespeare/*train.bin' -j 'data/tinyshakespeare/*val.bin' -x 20 -o out
     """
-    from llmc.core import cpu
-    from llmc.core.train import Trainer
-
-    trainer = Trainer(train_config(options), cpu, out=lambda s: click.echo(s))
-    trainer.describe()
-    trainer.run()
+    run_training(train_config(options), "cpu")

@@ -2,7 +2,7 @@
 
 import click
 
-from llmc.cli.flags import train_config, train_options
+from llmc.cli.flags import run_training, train_config, train_options
 from llmc.core.errors import LlmcError
 
 
@@ -24,10 +24,4 @@ def command(**options) -> None:
         click.echo("ZeRO-1 shards the optimizer state across processes; with one process it is the same as -z 0")
     if options["flag_lg"] > 0:
         raise LlmcError("-lg (GPU utilization logging through NVML) is not supported by llmc")
-    from llmc.core.backends import get_backend
-    from llmc.core.train import Trainer
-
-    backend = get_backend("gpu")
-    trainer = Trainer(cfg, backend, out=lambda s: click.echo(s))
-    trainer.describe()
-    trainer.run()
+    run_training(cfg, "gpu")
