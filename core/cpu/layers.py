@@ -2,20 +2,24 @@
 batched matmuls, and outputs go into the caller's preallocated arrays (see core/primitives.py)."""
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from llmc.core.cpu.blas import accumulate_at_b
 from llmc.core.errors import LlmcError
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 LN_EPS = 1e-5
 
 _scratch: dict[tuple, np.ndarray] = {}
+_pool = ThreadPoolExecutor(max_workers=1)  # the second of two threads for element-wise work
 
 
 def scratch(tag: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-    """A reused temporary, so steady-state steps allocate nothing large."""
-    key = (tag, shape, np.dtype(dtype).str)
+    """A reused temporary (one per thread), so steady-state steps allocate nothing large."""
+    key = (tag, shape, np.dtype(dtype).str, threading.get_ident())
     buf = _scratch.get(key)
     if buf is None:
         buf = _scratch[key] = np.empty(shape, dtype=dtype)
@@ -25,6 +29,17 @@ def scratch(tag: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
 def rows(x: np.ndarray) -> np.ndarray:
     """(..., C) -> (N, C) view; the buffers are contiguous so this never copies."""
     return x.reshape(-1, x.shape[-1])
+
+
+def in_halves(fn, *arrays: np.ndarray) -> None:
+    """fn on the first and second halves of the arrays' rows at once: two threads, as NumPy's
+    ufuncs release the GIL (every element-wise layer is independent across rows)."""
+    half = arrays[0].shape[0] // 2
+    if half == 0:
+        return fn(*arrays)
+    job = _pool.submit(fn, *(a[:half] for a in arrays))
+    fn(*(a[half:] for a in arrays))
+    job.result()
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -97,9 +112,7 @@ def matmul_forward(out, inp, weight, bias, pre_gelu=None):
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None):
     dout2 = rows(dout)
     np.matmul(dout2, weight, out=rows(dinp))  # (N, C)
-    dw = scratch("dweight", dweight.shape)
-    np.matmul(dout2.T, rows(inp), out=dw)  # (OC, C)
-    dweight += dw
+    accumulate_at_b(rows(dweight), dout2, rows(inp))  # (OC, C) +=
     if dbias is not None:
         dbias += dout2.sum(axis=0)
     if pre_gelu is not None:
@@ -107,6 +120,10 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None):
 
 
 def gelu_forward(out, inp):
+    in_halves(_gelu_forward, rows(out), rows(inp))
+
+
+def _gelu_forward(out, inp):
     t = scratch("gelu_t", inp.shape)
     np.multiply(inp, inp, out=t)
     t *= 0.044715
@@ -120,6 +137,10 @@ def gelu_forward(out, inp):
 
 
 def gelu_backward(dinp, inp, dout):
+    in_halves(_gelu_backward, rows(dinp), rows(inp), rows(dout))
+
+
+def _gelu_backward(dinp, inp, dout):
     # d/dx 0.5x(1+tanh(u)) = 0.5(1+tanh(u)) + 0.5x(1-tanh(u)^2)u',  u = s(x + 0.044715x^3)
     x2, th, local = (scratch(tag, inp.shape) for tag in ("gelu_x2", "gelu_th", "gelu_local"))
     np.multiply(inp, inp, out=x2)
@@ -195,12 +216,15 @@ def attention_backward(dqkv, dout, qkv, out, stats, num_heads):
 # ----------------------------------------------------------------------------- classifier
 
 def softmax_crossentropy(losses, logits, targets, vocab_size, dloss=None):
-    Vp = logits.shape[-1]
-    lg = rows(logits)  # (N, Vp)
-    N = lg.shape[0]
     t = targets.reshape(-1)
     if t.min(initial=0) < 0 or t.max(initial=0) >= vocab_size:
         raise LlmcError(f"target token ids must be in [0, {vocab_size})")
+    in_halves(lambda lo, lg, tg: _softmax_crossentropy(lo, lg, tg, vocab_size, dloss),
+              losses.reshape(-1), rows(logits), t)
+
+
+def _softmax_crossentropy(losses, lg, t, vocab_size, dloss):
+    N = lg.shape[0]  # lg (N, Vp)
     real = lg[:, :vocab_size]
     maxv = real.max(axis=1)
     target_logit = real[np.arange(N), t] - maxv
@@ -208,7 +232,7 @@ def softmax_crossentropy(losses, logits, targets, vocab_size, dloss=None):
     np.subtract(real, maxv[:, None], out=probs)
     np.exp(probs, out=probs)
     sums = probs.sum(axis=1)
-    losses.reshape(-1)[:] = np.log(sums) - target_logit
+    losses[:] = np.log(sums) - target_logit
     if dloss is not None:  # dlogits in place: (softmax - onehot) * dloss, padded columns zero
         probs *= (dloss / sums)[:, None]
         probs[np.arange(N), t] -= dloss

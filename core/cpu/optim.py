@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-CHUNK = 1 << 15  # elements per chunk: 128 KiB of fp32
+CHUNK = 1 << 18  # elements per chunk: 1 MiB of fp32 (measured fastest: fewer calls, still cache-resident)
 _pool = ThreadPoolExecutor(max_workers=2)
 
 
