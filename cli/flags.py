@@ -38,7 +38,7 @@ TRAIN_FLAGS = [
     (("-f",), None, int, "enable TF32 (0|1)", True),
     (("-w",), "master_weights", int, "keep fp32 master weights (0 = bf16 with stochastic rounding)", True),
     (("-ge",), "gelu_fusion", int, "GELU fusion into matmuls: 0 none, 1 forward, 2 forward+backward", True),
-    (("-z",), None, int, "ZeRO stage (0|1)", True),
+    (("-z",), "zero_stage", int, "ZeRO stage: 0 all-reduces gradients, 1 also shards the optimizer state", True),
     (("-r",), "recompute", int, "recompute in backward: 0 none, 1 GELU, 2 GELU+layernorm", True),
     (("-pn",), "num_processes", int, "number of processes", True),
     (("-pr",), "process_rank", int, "this process's rank", True),
@@ -84,13 +84,14 @@ def train_config(options: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def run_training(cfg: TrainConfig, device: str) -> None:
-    """Build the trainer on the device's backend and run it; a run stopped by SIGINT/SIGTERM (after
-    its checkpoint) exits with 128 + the signal number, as the signal itself would have."""
+def run_training(cfg: TrainConfig, device: str, group=None) -> None:
+    """Build the trainer on the device's backend and run it (as one rank of `group`, a
+    core.distributed process group, if given); a run stopped by SIGINT/SIGTERM (after its
+    checkpoint) exits with 128 + the signal number, as the signal itself would have."""
     from llmc.core.backends import get_backend
     from llmc.core.train import Trainer
 
-    trainer = Trainer(cfg, get_backend(device), out=click.echo)
+    trainer = Trainer(cfg, get_backend(device), out=click.echo, group=group)
     trainer.describe()
     trainer.run()
     if trainer.stop_signal is not None:

@@ -5,7 +5,8 @@ state file is llm.c's save_state layout, little-endian, so llm.c's load_state re
   header 256 int32: [0] 20240527, [1] 1, [2] num processes, [3] rank, [4] master weights follow,
     [5] the loader shuffles, [10] step, u64 at [20] and [22] the stochastic-rounding RNG (llm.c's
     rng_state, rng_state_last_update), size_t at [30] shard index, [32] sample index
-  fp32 m, v (num_parameters each), then fp32 master weights if [4]
+  fp32 m, v (num_parameters each; with -z 1, this rank's shard of them, core/distributed.py), then
+    fp32 master weights (likewise) if [4]
   if shuffling: size_t shard count, int32 shard order, size_t samples in the current shard, int32
     sample order, llm.c's mt19937_state struct (u64 seed, int32 left, uint32 next, uint32 state[624],
     uint32 MATRIX_A[2]; 2520 bytes, no padding) holding the loader's stream exactly
@@ -17,15 +18,17 @@ The one field llmc cannot fill as llm.c would is the RNG at [20]/[22]: llmc seed
 from the step (stateless), so it writes llm.c's initial value 13371337 + rank there (a valid
 xorshift state for llm.c to continue from) and ignores the field when reading.
 
-Every file is written atomically (temporary name, fsync, rename) and DONE comes last, so a kill at
-any moment leaves every earlier checkpoint complete; deletion removes DONE first for the same reason.
+With several processes, rank 0 writes the model file and DONE (once every rank's state file is
+written), each rank its own state file. Every file is written atomically (temporary name, fsync,
+rename) and DONE comes last, so a kill at any moment leaves every earlier checkpoint complete;
+deletion removes DONE first for the same reason.
 """
 
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -50,7 +53,7 @@ LOADER_SEED = 42  # llm.c's shuffle seed (+ rank)
 class TrainState:
     """Everything of a run at a step boundary that the model file does not hold."""
     step: int
-    m: np.ndarray  # (num_parameters,) fp32 AdamW first moment
+    m: np.ndarray  # (num_parameters,) fp32 AdamW first moment (-z 1: this rank's shard, for all three)
     v: np.ndarray  # (num_parameters,) fp32 second moment
     master: np.ndarray | None  # (num_parameters,) fp32 master weights, when the params are bf16
     loader: dict  # DataLoader.state(): shard, sample and, when shuffling, shard_order, sample_order, rng
@@ -187,6 +190,12 @@ class _Reader:
         return self.size - self.f.tell()
 
 
+def state_origin(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(step, num processes, rank) of a state file, from its header."""
+    h = read_header(path, STATE_MAGIC, (STATE_VERSION,), "optimizer state")
+    return int(h[10]), int(h[2]), int(h[3])
+
+
 def read_state(path: str | os.PathLike, num_parameters: int) -> TrainState:
     """A state file written by llmc or llm.c, for a model of num_parameters."""
     h = read_header(path, STATE_MAGIC, (STATE_VERSION,), "optimizer state")
@@ -218,23 +227,29 @@ def read_state(path: str | os.PathLike, num_parameters: int) -> TrainState:
 # ----------------------------------------------------------------------------- whole checkpoints
 
 def save_checkpoint(out_dir: str | os.PathLike, cfg: GPTConfig, params: np.ndarray, bf16: bool,
-                    state: TrainState) -> None:
-    """model, state, then DONE: the DONE file marks the checkpoint complete."""
+                    state: TrainState, barrier: Callable[[], None] = lambda: None) -> None:
+    """model (rank 0), state (every rank), then DONE (rank 0, once barrier says every rank's state
+    is written): the DONE file marks the checkpoint complete."""
     step = state.step
     done_path(out_dir, step).unlink(missing_ok=True)  # rewriting a step: incomplete until DONE is back
     if state.rank == 0:
         write_model(model_path(out_dir, step), cfg, params, "bf16" if bf16 else "fp32")
     write_state(state_path(out_dir, step, state.rank), state)
-    with atomic_write(done_path(out_dir, step)):
-        pass
+    barrier()
+    if state.rank == 0:
+        with atomic_write(done_path(out_dir, step)):
+            pass
     _fsync_dir(out_dir)
 
 
 def delete_checkpoint(out_dir: str | os.PathLike, step: int, rank: int = 0) -> None:
-    """DONE first, so an interrupted deletion never leaves a DONE without its files."""
-    done_path(out_dir, step).unlink(missing_ok=True)
+    """DONE first, so an interrupted deletion never leaves a DONE without its files. Rank 0 owns DONE
+    and the model file; the other ranks delete only their state file."""
+    if rank == 0:
+        done_path(out_dir, step).unlink(missing_ok=True)
     state_path(out_dir, step, rank).unlink(missing_ok=True)
-    model_path(out_dir, step).unlink(missing_ok=True)
+    if rank == 0:
+        model_path(out_dir, step).unlink(missing_ok=True)
 
 
 def prune_checkpoints(out_dir: str | os.PathLike, keep: int, major_every: int, rank: int = 0) -> list[int]:
@@ -246,10 +261,11 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep: int, major_every: int, r
     deleted = [s for s in done[:-keep] if not (major_every > 0 and s % major_every == 0)]
     for s in deleted:
         delete_checkpoint(out_dir, s, rank)
-    pattern = re.compile(rf"(?:model_(\d+)\.bin|state_(\d+)_{rank:05d}\.bin)")
+    models = r"model_(?P<model>\d+)\.bin|" if rank == 0 else ""  # the model files are rank 0's
+    pattern = re.compile(rf"{models}state_(?P<state>\d+)_{rank:05d}\.bin")
     for p in Path(out_dir).iterdir():
-        if (m := pattern.fullmatch(p.name)) and int(m.group(1) or m.group(2)) < done[-1] \
-                and int(m.group(1) or m.group(2)) not in done:
+        if (m := pattern.fullmatch(p.name)) and (step := int(m["state"] or m.groupdict().get("model"))) < done[-1] \
+                and step not in done:
             p.unlink(missing_ok=True)
     return deleted
 

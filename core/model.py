@@ -12,6 +12,7 @@ from types import ModuleType
 import numpy as np
 
 from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes
+from llmc.core.distributed import SingleProcess, shard_pieces, whole, zero_shard
 from llmc.core.errors import LlmcError
 
 
@@ -27,25 +28,39 @@ def views(flat, shapes: dict[str, tuple[int, ...]]) -> dict:
 
 class GPT:
     def __init__(self, cfg: GPTConfig, backend: ModuleType, params: np.ndarray, B: int, T: int,
-                 recompute: int = 0, gelu_fusion: int = 2, master_weights: bool = True):
+                 recompute: int = 0, gelu_fusion: int = 2, master_weights: bool = True,
+                 group: SingleProcess | None = None, zero_stage: int = 0):
         if T > cfg.max_seq_len:
             raise LlmcError(f"sequence length T={T} exceeds the model's max_seq_len {cfg.max_seq_len}")
         if recompute not in (0, 1, 2) or gelu_fusion not in (0, 1, 2):
             raise LlmcError("recompute (-r) and gelu fusion (-ge) take 0, 1 or 2")
         self.cfg, self.backend, self.B, self.T = cfg, backend, B, T
         self.recompute, self.gelu_fusion = recompute, gelu_fusion
+        if zero_stage not in (0, 1):
+            raise LlmcError("-z takes 0 or 1 (ZeRO-1)")
         xp, dt = backend.xp, backend.act_dtype
         shapes = param_shapes(cfg)
-        self.params = backend.to_device(params, dt)  # flat, llm.c order
+        n = params.size
+        # the optimizer state covers this rank's shard: all n with one process or -z 0 (gradients all-reduced),
+        # 1/N with -z 1 (gradients reduce-scattered, parameters all-gathered through the padded flat buffers)
+        self.group = group or SingleProcess()
+        self.sharded = zero_stage == 1 and self.group.world > 1
+        self.shard = zero_shard(n, self.group.world, self.group.rank) if self.sharded else whole(n)
+        self.pieces = shard_pieces(shapes, self.shard)
+        self.flat_params = backend.to_device(np.pad(params, (0, self.shard.padded - n)), dt)
+        self.params = self.flat_params[:n]  # flat, llm.c order
         self.p = views(self.params, shapes)
-        self.grads = xp.zeros_like(self.params)
+        self.flat_grads = xp.zeros_like(self.flat_params)
+        self.grads = self.flat_grads[:n]
         self.g = views(self.grads, shapes)
+        self.shard_grads = self.flat_grads[self.shard.start: self.shard.stop]
         # fp32 optimizer state, allocated at the first update; master weights only when params are not fp32
         self.m = self.v = None
-        self.master = backend.to_device(params, np.float32) if master_weights and dt != np.float32 else None
+        self.master = backend.to_device(np.pad(params, (0, self.shard.padded - n))[self.shard.start: self.shard.stop],
+                                        np.float32) if master_weights and dt != np.float32 else None
         self.acts = self._allocate_activations(xp, dt)
         self.norm_squared = xp.zeros(1, dtype=np.float32)
-        self.opt_views = None  # (m, v, master) named views, made with the optimizer state
+        self.opt_slices = None  # (m, v, per piece: its slices of params, grads, m, v, master), made with m and v
         self.inputs = xp.zeros((B, T), dtype=np.int32)
         self.targets = xp.zeros((B, T), dtype=np.int32)
 
@@ -157,27 +172,42 @@ class GPT:
     def zero_grad(self) -> None:
         self.grads.fill(0)
 
+    def reduce_gradients(self) -> None:
+        """Average the accumulated gradients over the ranks: all of them (-z 0), or into this rank's
+        shard (-z 1). Nothing to do for one process."""
+        if self.sharded:
+            self.group.reduce_scatter_mean(self.flat_grads)
+        else:
+            self.group.all_reduce_mean(self.grads)
+
     def grad_norm(self) -> float:
-        self.backend.global_norm_squared(self.norm_squared, self.grads)
+        """The global gradient norm: over this rank's shard, squares summed over the ranks when sharded."""
+        self.backend.global_norm_squared(self.norm_squared, self.shard_grads)
+        if self.sharded:
+            self.group.all_reduce_sum(self.norm_squared)
         return float(np.sqrt(self.backend.to_host(self.norm_squared)[0]))
 
     def update(self, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
                grad_scale: float = 1.0, seed: int = 0) -> None:
-        """AdamW on every tensor; weight decay only on the 2-D weights, as train_gpt2.cu."""
+        """AdamW on every tensor (its part in this rank's shard); weight decay only on the 2-D weights, as
+        train_gpt2.cu. Sharded, the updated shards are then all-gathered into every rank's parameters."""
         xp = self.backend.xp
         if self.m is None:
-            self.m = xp.zeros(self.params.shape, dtype=np.float32)
-            self.v = xp.zeros(self.params.shape, dtype=np.float32)
-        if self.opt_views is None or self.opt_views[0] is not self.m or self.opt_views[1] is not self.v:
-            shapes = param_shapes(self.cfg)
-            self.opt_views = (self.m, self.v, views(self.m, shapes), views(self.v, shapes),
-                              views(self.master, shapes) if self.master is not None else None)
-        _, _, m, v, master = self.opt_views
-        for i, name in enumerate(self.p):
+            self.m = xp.zeros(self.shard.size, dtype=np.float32)
+            self.v = xp.zeros(self.shard.size, dtype=np.float32)
+        if self.opt_slices is None or self.opt_slices[0] is not self.m or self.opt_slices[1] is not self.v:
+            self.opt_slices = (self.m, self.v, [self._piece(*piece) for piece in self.pieces])
+        for i, name, args in self.opt_slices[2]:
             wd = weight_decay if name in DECAYED_PARAMS else 0.0
-            self.backend.adamw_update(self.p[name], self.g[name], m[name], v[name],
-                                      None if master is None else master[name],
-                                      lr, beta1, beta2, eps, wd, step, grad_scale, seed + i)
+            self.backend.adamw_update(*args, lr, beta1, beta2, eps, wd, step, grad_scale, seed + i)
+        if self.sharded:
+            self.group.all_gather(self.flat_params)
+
+    def _piece(self, i: int, name: str, lo: int, hi: int) -> tuple:
+        """(tensor index, name, AdamW's param, grad, m, v, master) for flat elements [lo, hi) of the shard."""
+        local = slice(lo - self.shard.start, hi - self.shard.start)
+        return i, name, (self.params[lo:hi], self.grads[lo:hi], self.m[local], self.v[local],
+                         None if self.master is None else self.master[local])
 
     # ------------------------------------------------------------------ host views
     def set_batch(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
@@ -190,5 +220,6 @@ class GPT:
         return float(self.backend.to_host(self.acts["losses"]).mean())
 
     def params_host(self) -> np.ndarray:
-        """fp32 parameters on the host (the master copy when there is one)."""
-        return self.backend.to_host(self.master if self.master is not None else self.params)
+        """fp32 parameters on the host (the master copy when it holds them all)."""
+        full = self.master is not None and not self.sharded
+        return self.backend.to_host(self.master if full else self.params)

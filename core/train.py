@@ -10,6 +10,10 @@ Safety: -y 1 resumes from the newest complete checkpoint in -o exactly where it 
 order, optimizer state, outlier windows); SIGINT/SIGTERM (with -o) write a checkpoint at the next step
 boundary and stop; a non-finite loss or gradient norm stops before the update, with a checkpoint of
 the last good step.
+
+Data parallel (a core.distributed process group): each rank reads its slice of every batch, the
+gradients are averaged over the ranks after the micro-batches (-z 1: into each rank's optimizer
+shard), losses are averaged, and rank 0 alone prints, logs and samples.
 """
 
 import math
@@ -29,6 +33,7 @@ import numpy as np
 from llmc.core import checkpoint
 from llmc.core.config import num_parameters
 from llmc.core.dataloader import DataLoader
+from llmc.core.distributed import SingleProcess
 from llmc.core.errors import LlmcError
 from llmc.core.evaluate import DEFAULT_HELLASWAG, check_examples, evaluate
 from llmc.core.formats import atomic_write, read_eval_shard
@@ -73,6 +78,7 @@ class TrainConfig:
     master_weights: int = 1  # -w
     num_processes: int = 1  # -pn
     process_rank: int = 0  # -pr
+    zero_stage: int = 0  # -z: 1 shards the optimizer state over the processes (ZeRO-1)
 
 
 def print_table(rows: list[tuple[str, object]], out: Callable[[str], None]) -> None:
@@ -95,9 +101,19 @@ def _duration(seconds: float) -> str:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, backend: ModuleType, out: Callable[[str], None] = print,
-                 stream: Callable[[str], None] = _write_stdout):
-        """out prints a line; stream writes sampled text as it comes (no newline)."""
-        self.cfg, self.backend, self.out, self.stream = cfg, backend, out, stream
+                 stream: Callable[[str], None] = _write_stdout, group: SingleProcess | None = None):
+        """out prints a line; stream writes sampled text as it comes (no newline). With a group of
+        several processes, rank 0 alone prints, logs, samples and evaluates HellaSwag."""
+        self.group = group or SingleProcess()
+        self.main = self.group.rank == 0
+        if self.main:
+            self.out, self.stream = out, stream
+        else:
+            self.out = self.stream = lambda text: None
+        self.cfg, self.backend = cfg, backend
+        if (cfg.num_processes, cfg.process_rank) != (self.group.world, self.group.rank):
+            raise LlmcError(f"-pn {cfg.num_processes} -pr {cfg.process_rank} differ from the process group's "
+                            f"rank {self.group.rank} of {self.group.world}")
         if cfg.B < 1 or cfg.T < 1:
             raise LlmcError(f"-b and -t take sizes >= 1, not {cfg.B} and {cfg.T}")
         tokens_per_fwdbwd = cfg.B * cfg.T * cfg.num_processes
@@ -119,7 +135,8 @@ class Trainer:
         if cfg.T > model_cfg.max_seq_len:
             raise LlmcError(f"-t {cfg.T} is larger than the model's max_seq_len {model_cfg.max_seq_len}")
         self.model = GPT(model_cfg, backend, params, cfg.B, cfg.T, recompute=cfg.recompute,
-                         gelu_fusion=cfg.gelu_fusion, master_weights=bool(cfg.master_weights))
+                         gelu_fusion=cfg.gelu_fusion, master_weights=bool(cfg.master_weights),
+                         group=self.group, zero_stage=cfg.zero_stage)
         train_pattern = cfg.val_data if cfg.overfit_single_batch else cfg.train_data
         self.train_loader = DataLoader(train_pattern, cfg.B, cfg.T, cfg.process_rank, cfg.num_processes,
                                        shuffle=not cfg.overfit_single_batch)
@@ -134,9 +151,9 @@ class Trainer:
         self.last_checkpoint = -1  # step of the checkpoint written (or resumed from) last
         if self.resumed:
             self._restore(resume_step)
-        self.hellaswag = self._load_hellaswag()
+        self.hellaswag = self._load_hellaswag() if self.main else None
         self.decoder = None  # the tokenizer, loaded at the first sample
-        self.sample_every = cfg.sample_every  # 0 once sampling turns out impossible
+        self.sample_every = cfg.sample_every if self.main else 0  # 0 once sampling turns out impossible
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.train_step = backend.graph(self._forward_backward)
         self.log_path = self._open_output_dir(resume_step)  # last: a failed start leaves -o untouched
@@ -153,7 +170,13 @@ class Trainer:
         if not c.resume and c.checkpoint_every and done:
             raise LlmcError(f"{c.output_dir} already holds checkpoints (newest: step {done[-1]}); "
                             f"resume from them with -y 1 or write to another -o")
-        return checkpoint.find_latest(c.output_dir, c.process_rank) if c.resume else None
+        if not c.resume:
+            return None
+        step = checkpoint.find_latest(c.output_dir, c.process_rank)
+        if step is None and done:
+            raise LlmcError(f"{c.output_dir} holds checkpoints but none for rank {c.process_rank}: "
+                            f"resume with the -pn they were written with")
+        return step
 
     def _open_output_dir(self, resume_step: int | None) -> Path | None:
         """Create -o and start main.log: empty for a fresh run (as llm.c), cut back to the resumed step."""
@@ -163,6 +186,8 @@ class Trainer:
         log = out_dir / "main.log"
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
+            if not self.main:
+                return log
             checkpoint.remove_stale_temporaries(out_dir)
             if resume_step is None:
                 log.write_text("")
@@ -179,10 +204,11 @@ class Trainer:
         """Optimizer, data loader and outlier-detector state of checkpoint `step` (llm.c's load_state)."""
         c, model, loader, backend = self.cfg, self.model, self.train_loader, self.backend
         path = checkpoint.state_path(c.output_dir, step, c.process_rank)
-        state = checkpoint.read_state(path, model.params.size)
-        if (state.step, state.num_processes, state.rank) != (step, c.num_processes, c.process_rank):
-            raise LlmcError(f"{path}: written at step {state.step} by rank {state.rank} of {state.num_processes}, "
-                            f"not step {step} by rank {c.process_rank} of {c.num_processes}")
+        written = checkpoint.state_origin(path)  # before reading: another -pn means another state size
+        if written != (step, c.num_processes, c.process_rank):
+            raise LlmcError(f"{path}: written at step {written[0]} by rank {written[2]} of {written[1]}, "
+                            f"not step {step} by rank {c.process_rank} of {c.num_processes}; resume with the same -pn")
+        state = checkpoint.read_state(path, model.shard.size)
         if step > self.num_steps:
             raise LlmcError(f"the newest checkpoint in {c.output_dir} is at step {step}, past -x {self.num_steps}")
         shuffled = "shard_order" in state.loader
@@ -217,7 +243,7 @@ class Trainer:
         newest -nk (and every -nm-th) checkpoints. loader_state: the loader as of this boundary, when
         it has read ahead since."""
         c, model, backend = self.cfg, self.model, self.backend
-        n = model.params.size
+        n = model.shard.size
         host = lambda a: np.zeros(n, np.float32) if a is None else backend.to_host(a)  # noqa: E731
         state = checkpoint.TrainState(self.step, host(model.m), host(model.v),
                                       None if model.master is None else host(model.master),
@@ -225,7 +251,8 @@ class Trainer:
                                       [self.loss_detector, self.grad_detector], c.num_processes, c.process_rank)
         self.out(f"Writing checkpoint at step {self.step}")
         checkpoint.save_checkpoint(c.output_dir, self.model_cfg, backend.to_host(model.params),
-                                   backend.act_dtype != np.float32, state)
+                                   backend.act_dtype != np.float32, state, self.group.barrier)
+        self.group.barrier()  # DONE is written: every rank may prune
         self.last_checkpoint = self.step
         for step in checkpoint.prune_checkpoints(c.output_dir, c.checkpoints_keep, c.major_checkpoint_every,
                                                  c.process_rank):
@@ -289,7 +316,7 @@ class Trainer:
         self.out("\n---")
 
     def log(self, line: str) -> None:
-        if self.log_path is not None:
+        if self.log_path is not None and self.main:
             with open(self.log_path, "a") as f:
                 f.write(line + "\n")
 
@@ -315,6 +342,9 @@ class Trainer:
         self.out(f"batch_size B={c.B} * seq_len T={c.T} * num_processes={c.num_processes} and "
                  f"total_batch_size={self.total_batch}")
         self.out(f"=> setting grad_accum_steps={self.grad_accum}")
+        if self.model.sharded:
+            self.out(f"ZeRO-1: each of the {self.group.world} processes keeps the optimizer state of "
+                     f"{self.model.shard.size} of the {self.model.params.size} parameters")
 
     # ------------------------------------------------------------------ pieces of a step
     def _forward_backward(self) -> None:
@@ -337,7 +367,7 @@ class Trainer:
             self.model.set_batch(x, y)
             self.model.forward()
             total += self.model.mean_loss()
-        return total / self.val_steps
+        return self.group.host_reduce([total / self.val_steps])[0] / self.group.world
 
     def optimizer_step(self) -> tuple[float, float, float, float, float]:
         """One step of grad_accum micro-batches and the update: (loss, loss z, norm, norm z, lr)."""
@@ -353,7 +383,8 @@ class Trainer:
             model.set_batch(x, y)
             self.train_step()
             loss += model.mean_loss()
-        loss /= self.grad_accum
+        loss = self.group.host_reduce([loss / self.grad_accum])[0] / self.group.world
+        model.reduce_gradients()
         norm = model.grad_norm()
         if not (math.isfinite(loss) and math.isfinite(norm)):  # stop before the update spoils the state
             where = ""
@@ -387,6 +418,9 @@ class Trainer:
         ema_tps, total_time, steps_run = 0.0, 0.0, 0
         while True:
             last = self.step == self.num_steps
+            if self.group.world > 1:  # a signal reaches the ranks at different steps: stop together
+                stop = int(self.group.host_reduce([self.stop_signal or 0], "max")[0])
+                self.stop_signal = stop or None
             if self.stop_signal is not None and not last:
                 if self.step != self.last_checkpoint:
                     self.save_checkpoint()

@@ -1,4 +1,6 @@
-"""`llmc train-gpu`: llm.c's train_gpt2.cu, bf16 on one NVIDIA GPU."""
+"""`llmc train-gpu`: llm.c's train_gpt2.cu, bf16 on one NVIDIA GPU or data parallel on several."""
+
+import dataclasses
 
 import click
 
@@ -8,20 +10,31 @@ from llmc.core.errors import LlmcError
 
 @click.command("train-gpu")
 @train_options({"B": 4, "T": 1024, "model": "gpt2_124M_bf16.bin", "recompute": 1, "gelu_fusion": 2,
-                "master_weights": 1, "num_processes": 1, "process_rank": 0, "flag_f": 1, "flag_z": 0,
+                "master_weights": 1, "num_processes": 1, "process_rank": 0, "zero_stage": 0, "flag_f": 1,
                 "flag_lg": -1, "flag_pg": 8, "flag_pi": "mpi"}, allow_gpu_only=True)
 def command(**options) -> None:
-    """Train GPT-2 on an NVIDIA GPU in bf16 (llm.c's train_gpt2.cu), with llm.c's flags.
+    """Train GPT-2 on NVIDIA GPUs in bf16 (llm.c's train_gpt2.cu), with llm.c's flags.
 
     Example: llmc train-gpu -e d12 -i 'data/fineweb10B/*train*.bin' -j 'data/fineweb10B/*val*.bin' -b 16 -t 1024 -o log
+
+    \b
+    Several GPUs (data parallel over NCCL; -z 1 shards the optimizer state, ZeRO-1), one process each:
+      mpirun -np N llmc train-gpu ... -pi mpi                    (needs mpi4py)
+      or start N processes, i = 0..N-1, on any launcher:
+      llmc train-gpu ... -pn N -pr i -pi fs -pf SHARED_DIR
+      llmc train-gpu ... -pn N -pr i -pi tcp -ps RANK0_IP
+    Rank i uses GPU i % -pg of its node; -b is per GPU, -d the total over all of them.
     """
+    from llmc.core import distributed
+
     cfg = train_config(options)
-    if cfg.num_processes != 1 or cfg.process_rank != 0:
-        raise LlmcError("multi-GPU training (-pn > 1) is not available yet: llmc train-gpu runs on one GPU")
-    if options["flag_z"] not in (0, 1):
+    if cfg.zero_stage not in (0, 1):
         raise LlmcError("-z takes 0 or 1 (ZeRO-1)")
-    if options["flag_z"] == 1:
-        click.echo("ZeRO-1 shards the optimizer state across processes; with one process it is the same as -z 0")
     if options["flag_lg"] > 0:
         raise LlmcError("-lg (GPU utilization logging through NVML) is not supported by llmc")
-    run_training(cfg, "gpu")
+    group = distributed.init(cfg.num_processes, cfg.process_rank, options["flag_pg"], options["flag_pi"],
+                             options["flag_ps"], options["flag_pf"])
+    cfg = dataclasses.replace(cfg, num_processes=group.world, process_rank=group.rank)  # mpirun's, under -pi mpi
+    if cfg.zero_stage == 1 and group.world == 1:
+        click.echo("ZeRO-1 shards the optimizer state across processes; with one process it is the same as -z 0")
+    run_training(cfg, "gpu", group)
