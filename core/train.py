@@ -208,7 +208,13 @@ class Trainer:
         if written != (step, c.num_processes, c.process_rank):
             raise LlmcError(f"{path}: written at step {written[0]} by rank {written[2]} of {written[1]}, "
                             f"not step {step} by rank {c.process_rank} of {c.num_processes}; resume with the same -pn")
-        state = checkpoint.read_state(path, model.shard.size)
+        try:
+            state = checkpoint.read_state(path, model.shard.size)
+        except LlmcError as e:
+            if c.num_processes == 1:
+                raise
+            raise LlmcError(f"{e}; resume with the same -z (the state files hold {model.shard.size} "
+                            f"parameters' optimizer state here)") from None
         if step > self.num_steps:
             raise LlmcError(f"the newest checkpoint in {c.output_dir} is at step {step}, past -x {self.num_steps}")
         shuffled = "shard_order" in state.loader

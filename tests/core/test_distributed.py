@@ -291,6 +291,9 @@ def test_two_ranks_checkpoint_and_resume(data, tmp_path):
     _, resumed = run_ranks(cfgs(2, out, max_steps=4, resume=1))
     assert numbers(resumed[0]) == numbers([ln for ln in straight[0]
                                            if not ln.startswith(("step    1", "step    2"))])[1:]
+    with pytest.raises(LlmcError, match="resume with the same -z"):
+        run_ranks([config(data, num_processes=2, process_rank=r, output_dir=str(out), checkpoint_every=2,
+                          max_steps=4, resume=1, zero_stage=0) for r in range(2)])
     with pytest.raises(LlmcError, match="resume with the same -pn"):
         run_ranks([config(data, B=4, output_dir=str(out), checkpoint_every=2, max_steps=4, resume=1)])
 
