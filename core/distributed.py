@@ -182,7 +182,7 @@ class ProcessGroup(SingleProcess):
 
         from llmc.core.gpu.runtime import cp, stream
         self.rank, self.world, self.device = rank, world, device
-        self.cp, self.stream = cp, stream
+        self.stream = stream
         self.comm = nccl.NcclCommunicator(world, id_from_bytes(unique_id), rank)
         self.host_buf = cp.zeros(8, dtype=np.float64)
 
@@ -246,6 +246,9 @@ def init(num_processes: int, rank: int, gpus_per_node: int, method: str, server_
         from cupy.cuda import nccl
     except ImportError as e:
         raise LlmcError(f"multi-GPU training needs CuPy with NCCL: {e}") from None
+    if not getattr(nccl, "available", True):  # CuPy found no NCCL library
+        raise LlmcError("multi-GPU training needs NCCL for CuPy: pip install nvidia-nccl-cu12 (or -cu13), "
+                        "or see CuPy's installation guide")
     device = rank % gpus_per_node
     if device >= cp.cuda.runtime.getDeviceCount():
         raise LlmcError(f"rank {rank} wants GPU {device} (rank % -pg {gpus_per_node}), but this node has "
