@@ -74,9 +74,9 @@ def shard_pieces(shapes: dict[str, tuple[int, ...]], shard: Shard) -> list[tuple
 
 # ----------------------------------------------------------------------------- the unique-id exchange
 
-def id_to_bytes(uid: tuple[int, ...]) -> bytes:
-    """CuPy's ncclUniqueId (a tuple of 128 C chars) as the bytes that travel."""
-    return bytes(c & 0xFF for c in uid)
+def id_to_bytes(uid: bytes | tuple[int, ...]) -> bytes:
+    """CuPy's ncclUniqueId (bytes in CuPy 13+, a tuple of 128 C chars before) as the bytes that travel."""
+    return bytes(uid) if isinstance(uid, bytes) else bytes(c & 0xFF for c in uid)
 
 
 def id_from_bytes(payload: bytes) -> tuple[int, ...]:
@@ -183,7 +183,11 @@ class ProcessGroup(SingleProcess):
         from llmc.core.gpu.runtime import cp, stream
         self.rank, self.world, self.device = rank, world, device
         self.stream = stream
-        self.comm = nccl.NcclCommunicator(world, id_from_bytes(unique_id), rank)
+        as_tuple = id_from_bytes(unique_id)  # checks the length too
+        try:
+            self.comm = nccl.NcclCommunicator(world, unique_id, rank)  # CuPy 13+ takes the bytes
+        except TypeError:
+            self.comm = nccl.NcclCommunicator(world, as_tuple, rank)  # older CuPy: a tuple of chars
         self.host_buf = cp.zeros(8, dtype=np.float64)
 
     def _args(self, buf) -> tuple:
