@@ -1,7 +1,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: install test test-gpu demo bench bench-cpu bench-gpu clean
+.PHONY: install test test-gpu demo bench bench-cpu bench-gpu bench-multigpu clean
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -22,6 +22,9 @@ bench-cpu:
 
 bench-gpu:
 	$(PYTHON) -m tests.bench.bench_gpu
+
+bench-multigpu:
+	$(PYTHON) -m tests.bench.bench_multigpu
 
 clean:
 	rm -rf build *.egg-info .pytest_cache out
