@@ -105,7 +105,7 @@ class GPT:
         """Forward on self.inputs. With targets, losses (B,T) are computed; with dloss, logits are
         replaced by dlogits ready for backward (the fused classifier)."""
         k, p, a, cfg = self.backend, self.p, self.acts, self.cfg
-        L, NH, B, T = cfg.num_layers, cfg.num_heads, self.B, self.T
+        L, NH = cfg.num_layers, cfg.num_heads
         k.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"])
         k.layernorm_forward(self._ln("ln1", 0), a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"], p["ln1w"][0], p["ln1b"][0])
         for l in range(L):

@@ -6,11 +6,11 @@ tokens of " " + ending for each of its 4 endings: hellaswag_val.bin, what llm.c'
 
 from typing import Any
 
-from tqdm import tqdm
 
 from llmc.core.errors import LlmcError
-from llmc.core.formats import EvalExample, write_eval_shard
+from llmc.core.formats import EvalExample
 from llmc.data import PreproConfig, Written
+from llmc.data.shards import write_examples
 from llmc.data.sources import local_files, read_rows, url_file
 from llmc.data.tokenizer import encode
 
@@ -31,10 +31,5 @@ def example(index: int, row: dict[str, Any], where: str) -> EvalExample:
 def prepare(cfg: PreproConfig) -> list[Written]:
     files = local_files(cfg.input) if cfg.input else [url_file(URL, cfg.out_dir / "hellaswag_val.jsonl", cfg.progress)]
     rows = ((row, str(path)) for path in files for row in read_rows(path, ("ctx", "endings", "label")))
-    rows = tqdm(rows, unit="ex", desc=cfg.name, disable=not cfg.progress)
-    examples = [example(i, row, where) for i, (row, where) in enumerate(rows)]
-    if not examples:
-        raise LlmcError(f"{cfg.input or files[0]}: no examples")
-    path = cfg.out_dir / "hellaswag_val.bin"
-    write_eval_shard(path, examples)
-    return [Written(path, len(examples), "examples")]
+    return [write_examples(cfg.out_dir / "hellaswag_val.bin", rows, example, cfg.input or files[0], cfg.name,
+                           cfg.progress)]

@@ -14,11 +14,11 @@ import tarfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from tqdm import tqdm
 
 from llmc.core.errors import LlmcError
-from llmc.core.formats import EvalExample, write_eval_shard
+from llmc.core.formats import EvalExample
 from llmc.data import PreproConfig, Written
+from llmc.data.shards import write_examples
 from llmc.data.sources import SUFFIXES, hub_file, local_files, read_rows
 from llmc.data.tokenizer import encode
 
@@ -75,10 +75,4 @@ def example(index: int, row: dict[str, Any], where: str) -> EvalExample:
 
 def prepare(cfg: PreproConfig) -> list[Written]:
     src = cfg.input or hub_file(REPO, FILE)
-    progress = tqdm(rows(src), unit="ex", desc=cfg.name, disable=not cfg.progress)
-    examples = [example(i, row, where) for i, (row, where) in enumerate(progress)]
-    if not examples:
-        raise LlmcError(f"{src}: no examples")
-    path = cfg.out_dir / "mmlu_test.bin"
-    write_eval_shard(path, examples)
-    return [Written(path, len(examples), "examples")]
+    return [write_examples(cfg.out_dir / "mmlu_test.bin", rows(src), example, src, cfg.name, cfg.progress)]

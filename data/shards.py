@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llmc.core.errors import LlmcError
-from llmc.core.formats import SHARD_MAGIC, SHARD_VERSION, atomic_write, make_header
+from llmc.core.formats import SHARD_MAGIC, SHARD_VERSION, atomic_write, make_header, write_eval_shard
 from llmc.data import Written
 from llmc.data.sources import given, parquet_pieces, read_texts
 from llmc.data.tokenizer import encode_documents, gpt2_encoding
@@ -151,3 +151,14 @@ def write_sharded(tokens: Iterable[np.ndarray], out_dir: Path, name: str, shard_
         path = out_dir / f"{name}_{'val' if i == 0 else 'train'}_{i:06d}.bin"
         written.append(write_tokens(path, stream.take(shard_size)))
     return written
+
+
+def write_examples(path: Path, rows: Iterable, example: Callable, source: object, desc: str,
+                   progress: bool) -> Written:
+    """An eval file (HellaSwag, MMLU) from (row, where) pairs: example(index, row, where) -> EvalExample."""
+    rows = tqdm(rows, unit="ex", desc=desc, disable=not progress)
+    examples = [example(i, row, where) for i, (row, where) in enumerate(rows)]
+    if not examples:
+        raise LlmcError(f"{source}: no examples")
+    write_eval_shard(path, examples)
+    return Written(path, len(examples), "examples")
