@@ -4,6 +4,7 @@ Size letters used throughout: B batch, T time (sequence), C channels, V vocab, V
 L layers, NH heads, HS head size (C // NH).
 """
 
+import math
 from dataclasses import dataclass
 
 from llmc.core.errors import LlmcError
@@ -63,13 +64,7 @@ DECAYED_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
 
 
 def num_parameters(cfg: GPTConfig) -> int:
-    total = 0
-    for shape in param_shapes(cfg).values():
-        n = 1
-        for s in shape:
-            n *= s
-        total += n
-    return total
+    return sum(math.prod(shape) for shape in param_shapes(cfg).values())
 
 
 # llm.c's gpt2_set_hyperparameters: depth -> (channels, heads)

@@ -15,7 +15,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from llmc.core.config import GPTConfig, param_shapes
+from llmc.core.config import GPTConfig, num_parameters
 from llmc.core.errors import LlmcError
 
 HEADER_INTS = 256
@@ -196,7 +196,7 @@ def read_model_config(path: str | os.PathLike) -> tuple[GPTConfig, int]:
 def read_model(path: str | os.PathLike) -> tuple[GPTConfig, np.ndarray]:
     """A model checkpoint as (config, flat fp32 parameters in llm.c order); bf16 is upcast."""
     cfg, version = read_model_config(path)
-    n = sum(int(np.prod(s)) for s in param_shapes(cfg).values())
+    n = num_parameters(cfg)
     itemsize = 4 if version == MODEL_FP32 else 2
     check_size(path, HEADER_BYTES + n * itemsize, "model checkpoint")
     if version == MODEL_FP32:
@@ -210,7 +210,7 @@ def write_model(path: str | os.PathLike, cfg: GPTConfig, params: np.ndarray, dty
     """Write flat parameters (llm.c order) as a v3 fp32 or v5 bf16 checkpoint."""
     if dtype not in ("fp32", "bf16"):
         raise LlmcError(f"model dtype must be fp32 or bf16, not {dtype!r}")
-    n = sum(int(np.prod(s)) for s in param_shapes(cfg).values())
+    n = num_parameters(cfg)
     if params.size != n:
         raise LlmcError(f"{path}: {params.size} parameters given, the config needs {n}")
     with atomic_write(path) as f:
@@ -242,7 +242,7 @@ def read_debug_state(path: str | os.PathLike, cfg: GPTConfig) -> DebugState:
     if B < 1 or T < 1:
         raise LlmcError(f"{path}: debug state has batch B={B}, T={T}; both must be >= 1")
     V = cfg.vocab_size
-    nparams = sum(int(np.prod(s)) for s in param_shapes(cfg).values())
+    nparams = num_parameters(cfg)
     counts = [B * T, B * T, B * T * V, 1, nparams]
     body = HEADER_BYTES + 4 * sum(counts)
     check_size(path, body, "debug state", at_least=True)
