@@ -67,6 +67,11 @@ def num_parameters(cfg: GPTConfig) -> int:
     return sum(math.prod(shape) for shape in param_shapes(cfg).values())
 
 
+def flops_per_token(cfg: GPTConfig, T: int) -> int:
+    """Training FLOPs per token, llm.c's MFU estimate: 6N for the weight matmuls plus attention's 6LCT."""
+    return 6 * num_parameters(cfg) + 6 * cfg.num_layers * cfg.channels * T
+
+
 # llm.c's gpt2_set_hyperparameters: depth -> (channels, heads)
 GPT2_DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25),
                60: (1920, 30), 72: (2880, 30), 84: (3456, 36)}

@@ -60,7 +60,9 @@ class GPT:
                                         np.float32) if master_weights and dt != np.float32 else None
         self.acts = self._allocate_activations(xp, dt)
         self.norm_squared = xp.zeros(1, dtype=np.float32)
-        self.opt_slices = None  # (m, v, per piece: its slices of params, grads, m, v, master), made with m and v
+        # AdamW's flat range: the tensors' part of the shard (not the padding past the last tensor)
+        self.update_range = (self.pieces[0][2], self.pieces[-1][3]) if self.pieces else (self.shard.start,) * 2
+        self.decayed = self._decayed_spans()
         self.inputs = xp.zeros((B, T), dtype=np.int32)
         self.targets = xp.zeros((B, T), dtype=np.int32)
 
@@ -180,34 +182,44 @@ class GPT:
         else:
             self.group.all_reduce_mean(self.grads)
 
-    def grad_norm(self) -> float:
-        """The global gradient norm: over this rank's shard, squares summed over the ranks when sharded."""
+    def compute_grad_norm(self) -> None:
+        """Queue the squared global gradient norm: over this rank's shard, summed over the ranks when sharded."""
         self.backend.global_norm_squared(self.norm_squared, self.shard_grads)
         if self.sharded:
             self.group.all_reduce_sum(self.norm_squared)
+
+    def grad_norm(self) -> float:
+        """The norm compute_grad_norm queued (waits for it)."""
         return float(np.sqrt(self.backend.to_host(self.norm_squared)[0]))
 
     def update(self, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
                grad_scale: float = 1.0, seed: int = 0) -> None:
-        """AdamW on every tensor (its part in this rank's shard); weight decay only on the 2-D weights, as
+        """AdamW over this rank's shard in one call; weight decay only on the 2-D weights, as
         train_gpt2.cu. Sharded, the updated shards are then all-gathered into every rank's parameters."""
         xp = self.backend.xp
         if self.m is None:
             self.m = xp.zeros(self.shard.size, dtype=np.float32)
             self.v = xp.zeros(self.shard.size, dtype=np.float32)
-        if self.opt_slices is None or self.opt_slices[0] is not self.m or self.opt_slices[1] is not self.v:
-            self.opt_slices = (self.m, self.v, [self._piece(*piece) for piece in self.pieces])
-        for i, name, args in self.opt_slices[2]:
-            wd = weight_decay if name in DECAYED_PARAMS else 0.0
-            self.backend.adamw_update(*args, lr, beta1, beta2, eps, wd, step, grad_scale, seed + i)
+        lo, hi = self.update_range
+        local = slice(lo - self.shard.start, hi - self.shard.start)
+        if hi > lo:
+            self.backend.adamw_update(self.flat_params[lo:hi], self.flat_grads[lo:hi], self.m[local], self.v[local],
+                                      None if self.master is None else self.master[local], lr, beta1, beta2,
+                                      eps, weight_decay, step, grad_scale, seed, self.decayed)
         if self.sharded:
             self.group.all_gather(self.flat_params)
 
-    def _piece(self, i: int, name: str, lo: int, hi: int) -> tuple:
-        """(tensor index, name, AdamW's param, grad, m, v, master) for flat elements [lo, hi) of the shard."""
-        local = slice(lo - self.shard.start, hi - self.shard.start)
-        return i, name, (self.params[lo:hi], self.grads[lo:hi], self.m[local], self.v[local],
-                         None if self.master is None else self.master[local])
+    def _decayed_spans(self) -> tuple[tuple[int, int], ...]:
+        """The weight-decayed tensors' [start, stop) within the update range, adjacent ones merged."""
+        base, spans = self.update_range[0], []
+        for _, name, lo, hi in self.pieces:
+            if name not in DECAYED_PARAMS:
+                continue
+            if spans and spans[-1][1] == lo - base:
+                spans[-1] = (spans[-1][0], hi - base)
+            else:
+                spans.append((lo - base, hi - base))
+        return tuple(spans)
 
     # ------------------------------------------------------------------ host views
     def set_batch(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:

@@ -37,6 +37,10 @@ class Primitives(Protocol):
         so fn must only launch work on preallocated buffers (no allocation, no read-back); the CPU
         returns fn itself."""
 
+    def promised_flops(self) -> float | None:
+        """The dense bf16 FLOP/s the device promises, llm.c's MFU denominator (-1 for an unknown GPU);
+        None where there is no bf16 MFU to report (the CPU)."""
+
     def attention_stats_shape(self, B: int, T: int, NH: int) -> tuple[int, ...]:
         """Shape of the fp32 state attention_forward saves for backward
         (CPU: the attention probabilities (B, NH, T, T); GPU: softmax log-sum-exp (B, NH, T))."""
@@ -99,10 +103,13 @@ class Primitives(Protocol):
 
     def adamw_update(self, param: Array, grad: Array, m: Array, v: Array, master: Array | None,
                      lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                     step: int, grad_scale: float, seed: int) -> None:
-        """One AdamW step (step counts from 1) on a parameter tensor; grad is multiplied by
-        grad_scale first (clipping). m, v (and master, the fp32 weights when param is bf16) are
-        fp32. Without master, a bf16 param is written with stochastic rounding seeded by seed."""
+                     step: int, grad_scale: float, seed: int,
+                     decayed: tuple[tuple[int, int], ...] | None = None) -> None:
+        """One AdamW step (step counts from 1) over flat arrays (the whole model in one call); grad is
+        multiplied by grad_scale first (clipping). weight_decay applies to the elements of the
+        [start, stop) spans in decayed (all elements when None). m, v (and master, the fp32 weights
+        when param is bf16) are fp32. Without master, a bf16 param is written with stochastic
+        rounding, its random bits a function of (element index, seed)."""
 
 
 REQUIRED_OPS = tuple(name for name in Primitives.__dict__

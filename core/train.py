@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from llmc.core import checkpoint
-from llmc.core.config import num_parameters
+from llmc.core.config import flops_per_token, num_parameters
 from llmc.core.dataloader import DataLoader
 from llmc.core.distributed import SingleProcess
 from llmc.core.errors import LlmcError
@@ -156,6 +156,9 @@ class Trainer:
         self.sample_every = cfg.sample_every if self.main else 0  # 0 once sampling turns out impossible
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.train_step = backend.graph(self._forward_backward)
+        self.step_losses = backend.xp.zeros((self.grad_accum, cfg.B, cfg.T), dtype=np.float32)
+        self.promised_flops = backend.promised_flops()  # None: no MFU column (the CPU)
+        self.flops_per_step = flops_per_token(model_cfg, cfg.T) * total // self.group.world  # one process's
         self.log_path = self._open_output_dir(resume_step)  # last: a failed start leaves -o untouched
 
     # ------------------------------------------------------------------ output dir, checkpoints, resume
@@ -376,21 +379,23 @@ class Trainer:
         return self.group.host_reduce([total / self.val_steps])[0] / self.group.world
 
     def optimizer_step(self) -> tuple[float, float, float, float, float]:
-        """One step of grad_accum micro-batches and the update: (loss, loss z, norm, norm z, lr)."""
+        """One step of grad_accum micro-batches and the update: (loss, loss z, norm, norm z, lr). The
+        host waits once, for the losses and the norm; the update is queued and runs while it prints."""
         c, model = self.cfg, self.model
         loader_state = self.train_loader.state()  # this step boundary's, for a checkpoint if the step fails
         if c.overfit_single_batch:
             self.train_loader.reset()
         model.zero_grad()
-        loss = 0.0
-        for _ in range(self.grad_accum):
+        for micro in range(self.grad_accum):
             x, y = self.train_loader.next_batch()
             self._check_tokens(x, y, self.train_loader)
             model.set_batch(x, y)
             self.train_step()
-            loss += model.mean_loss()
-        loss = self.group.host_reduce([loss / self.grad_accum])[0] / self.group.world
+            self.step_losses[micro][...] = model.acts["losses"]  # read back with the norm, once per step
         model.reduce_gradients()
+        model.compute_grad_norm()
+        loss = float(self.backend.to_host(self.step_losses).mean())
+        loss = self.group.host_reduce([loss])[0] / self.group.world
         norm = model.grad_norm()
         if not (math.isfinite(loss) and math.isfinite(norm)):  # stop before the update spoils the state
             where = ""
@@ -422,6 +427,7 @@ class Trainer:
         c = self.cfg
         tokens_per_step = self.total_batch
         ema_tps, total_time, steps_run = 0.0, 0.0, 0
+        since = None  # when the step being timed began: the last read-back, or the end of boundary work
         while True:
             last = self.step == self.num_steps
             if self.group.world > 1:  # a signal reaches the ranks at different steps: stop together
@@ -433,25 +439,16 @@ class Trainer:
                 self.out(f"stopped by {signal.Signals(self.stop_signal).name} at step {self.step}; "
                          f"continue with -y 1 -o {c.output_dir}")
                 return
-            if self.step % c.val_every == 0 or last:
-                val = self.validate()
-                self.out(f"val loss {val:f}")
-                self.log(f"s:{self.step} tel:{val:.4f}")
-            if self.hellaswag is not None and ((self.step > 0 and self.step % c.val_every == 0) or last):
-                acc = evaluate(self.model, self.hellaswag)
-                self.out(f"HellaSwag: {round(acc * len(self.hellaswag))}/{len(self.hellaswag)} = {acc:f}")
-                self.log(f"s:{self.step} eval:{acc:.4f}")
-            if self.sample_every > 0 and ((self.step > 0 and self.step % self.sample_every == 0) or last):
-                self.sample()
-            if (self.log_path is not None and c.checkpoint_every > 0 and self.step != self.last_checkpoint
-                    and ((self.step > 0 and self.step % c.checkpoint_every == 0) or last)):
-                self.save_checkpoint()
+            if self._boundary_work(last) or since is None:
+                self.backend.synchronize()  # time the next step from here, not from before the evaluations
+                since = time.perf_counter()
             if last:
                 break
-            t0 = time.perf_counter()
             loss, zloss, norm, zgrad, lr = self.optimizer_step()
-            self.backend.synchronize()
-            dt = time.perf_counter() - t0
+            # steps meet at the read-back of loss and norm: one step's time spans its forward/backward
+            # and the previous step's update (queued, it runs while the host prints)
+            now = time.perf_counter()
+            dt, since = now - since, now
             tps = tokens_per_step / dt
             if steps_run > 0:  # this process's first step is warmup (llm.c: step 0)
                 total_time += dt
@@ -459,10 +456,36 @@ class Trainer:
                 tps = ema_tps / (1.0 - 0.95 ** steps_run)
             steps_run += 1
             eta = (total_time / (steps_run - 1) if steps_run > 1 else dt) * (self.num_steps - self.step - 1)
+            mfu = ""
+            if self.promised_flops is not None:  # llm.c's bf16 MFU from this step's time (-100% on an unknown GPU)
+                mfu = f"{self.flops_per_step / dt / self.promised_flops * 100 if self.promised_flops > 0 else -100:.1f}% bf16 MFU | "
             self.out(f"step {self.step + 1:4d}/{self.num_steps} | loss {loss:7.6f} ({zloss:+.2f}z)| "
-                     f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {tps:.0f} tok/s | "
+                     f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu}{tps:.0f} tok/s | "
                      f"ETA {_duration(eta)}")
             self.log(f"s:{self.step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
             self.step += 1
         if steps_run > 1:
             self.out(f"total average iteration time: {total_time / (steps_run - 1) * 1000:f} ms")
+
+    def _boundary_work(self, last: bool) -> bool:
+        """Validation, HellaSwag, a sample and a checkpoint where this step boundary is due one (as
+        llm.c); whether any ran."""
+        c, ran = self.cfg, False
+        if self.step % c.val_every == 0 or last:
+            val = self.validate()
+            self.out(f"val loss {val:f}")
+            self.log(f"s:{self.step} tel:{val:.4f}")
+            ran = True
+        if self.hellaswag is not None and ((self.step > 0 and self.step % c.val_every == 0) or last):
+            acc = evaluate(self.model, self.hellaswag)
+            self.out(f"HellaSwag: {round(acc * len(self.hellaswag))}/{len(self.hellaswag)} = {acc:f}")
+            self.log(f"s:{self.step} eval:{acc:.4f}")
+            ran = True
+        if self.sample_every > 0 and ((self.step > 0 and self.step % self.sample_every == 0) or last):
+            self.sample()
+            ran = True
+        if (self.log_path is not None and c.checkpoint_every > 0 and self.step != self.last_checkpoint
+                and ((self.step > 0 and self.step % c.checkpoint_every == 0) or last)):
+            self.save_checkpoint()
+            ran = True
+        return ran

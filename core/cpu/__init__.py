@@ -31,7 +31,12 @@ def graph(fn: Callable[[], None]) -> Callable[[], None]:
     return fn
 
 
-__all__ = ["name", "xp", "act_dtype", "to_device", "to_host", "synchronize", "graph", "attention_stats_shape",
+def promised_flops() -> float | None:
+    return None  # no bf16 tensor cores: the step line has no MFU
+
+
+__all__ = ["name", "xp", "act_dtype", "to_device", "to_host", "synchronize", "graph", "promised_flops",
+           "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward", "residual_forward",
            "residual_layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
            "gelu_forward", "gelu_backward", "attention_forward", "attention_backward", "softmax_crossentropy",

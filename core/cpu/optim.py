@@ -47,18 +47,35 @@ def _adamw_chunks(start, stop, param, grad, m, v, lr, beta1, beta2, eps, weight_
         p -= t
 
 
-def adamw_update(param, grad, m, v, master, lr, beta1, beta2, eps, weight_decay, step, grad_scale, seed):
+def _segments(n: int, weight_decay: float, decayed) -> list[tuple[int, int, float]]:
+    """[lo, hi, weight decay] runs covering [0, n): decayed spans take weight_decay, gaps none."""
+    if decayed is None:
+        return [(0, n, weight_decay)]
+    out, at = [], 0
+    for lo, hi in sorted(decayed):
+        if at < lo:
+            out.append((at, lo, 0.0))
+        out.append((lo, hi, weight_decay))
+        at = hi
+    if at < n:
+        out.append((at, n, 0.0))
+    return out
+
+
+def adamw_update(param, grad, m, v, master, lr, beta1, beta2, eps, weight_decay, step, grad_scale, seed,
+                 decayed=None):
     # fp32 parameters are their own master weights; seed (stochastic rounding) has no use in fp32
     target = param if master is None else master
     flat = [a.reshape(-1) for a in (target, grad, m, v)]
-    n = flat[0].size
-    args = (lr, beta1, beta2, eps, weight_decay, 1.0 - beta1 ** step, 1.0 - beta2 ** step, grad_scale)
-    if n < 4 * CHUNK:
-        _adamw_chunks(0, n, *flat, *args)
-    else:
-        half = (n // 2 + CHUNK - 1) // CHUNK * CHUNK
-        jobs = [_pool.submit(_adamw_chunks, lo, hi, *flat, *args) for lo, hi in ((0, half), (half, n))]
-        for j in jobs:
-            j.result()
+    args = (lr, beta1, beta2, eps, 1.0 - beta1 ** step, 1.0 - beta2 ** step, grad_scale)
+    jobs = []
+    for lo, hi, wd in _segments(flat[0].size, weight_decay, decayed):
+        if hi - lo < 4 * CHUNK:  # small: here; large: halves on the two threads
+            _adamw_chunks(lo, hi, *flat, *args[:4], wd, *args[4:])
+            continue
+        half = lo + ((hi - lo) // 2 + CHUNK - 1) // CHUNK * CHUNK
+        jobs += [_pool.submit(_adamw_chunks, a, b, *flat, *args[:4], wd, *args[4:]) for a, b in ((lo, half), (half, hi))]
+    for j in jobs:
+        j.result()
     if master is not None:
         param[...] = master

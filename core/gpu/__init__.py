@@ -3,7 +3,7 @@
 llmc's own CUDA kernels (core/gpu/kernels). Implements core/primitives.py; importing it without
 CuPy or a GPU raises LlmcError, never a silent fall back to the CPU."""
 
-from llmc.core.gpu.runtime import BF16, cp, graph, synchronize, to_device, to_host  # runtime first: CuPy check
+from llmc.core.gpu.runtime import BF16, cp, graph, promised_flops, synchronize, to_device, to_host  # runtime first: CuPy check
 from llmc.core.gpu.attention import attention_backward, attention_forward, attention_stats_shape
 from llmc.core.gpu.classifier import softmax_crossentropy
 from llmc.core.gpu.encoder import encoder_backward, encoder_forward
@@ -16,7 +16,8 @@ name = "gpu"
 xp = cp
 act_dtype = BF16
 
-__all__ = ["name", "xp", "act_dtype", "to_device", "to_host", "synchronize", "graph", "attention_stats_shape",
+__all__ = ["name", "xp", "act_dtype", "to_device", "to_host", "synchronize", "graph", "promised_flops",
+           "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward", "residual_forward",
            "residual_layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
            "gelu_forward", "gelu_backward", "attention_forward", "attention_backward", "softmax_crossentropy",

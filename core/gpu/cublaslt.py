@@ -113,7 +113,7 @@ class _Plan:
             _set(lt.matrix_layout_set_attribute, layout, lt.MatrixLayoutAttribute.STRIDED_BATCH_OFFSET, stride)
         return layout
 
-    def _tune(self, alpha: int, a: int, b: int, beta: int, d: int, accumulate: bool, workspace: int) -> None:
+    def _tune(self, alpha: int, a: int, b: int, beta: int, d: int, accumulate: bool, workspace: int, on) -> None:
         """Time each candidate on the call's own operands and keep the fastest. Runs once, eagerly,
         before any capture. A plain call just writes its outputs several times; an accumulating one
         (beta != 0) writes a temporary copy instead."""
@@ -130,10 +130,10 @@ class _Plan:
             try:
                 for repeat in range(TUNE_RUNS + 1):
                     if repeat == 1:
-                        start.record(stream)
+                        start.record(on)
                     lt.matmul(_handle, self.desc, alpha, b, self.a, a, self.b, beta, d, self.d, d, self.d,
-                              algo, workspace, WORKSPACE_BYTES, stream.ptr)
-                end.record(stream)
+                              algo, workspace, WORKSPACE_BYTES, on.ptr)
+                end.record(on)
                 end.synchronize()
             except lt.cuBLASLtError:
                 continue
@@ -165,11 +165,13 @@ def _ptr_attr(plan: _Plan, attr, value: int) -> None:
 def gemm(d: int, a: int, b: int, M: int, N: int, K: int, *, lda: int, ldb: int, ldd: int,
          trans_a: bool = False, trans_b: bool = False, out_f32: bool = False, alpha: float = 1.0,
          beta: float = 0.0, epilogue: int = Epilogue.DEFAULT, bias: int = 0, aux: int = 0, aux_ld: int = 0,
-         batch: int = 1, stride_a: int = 0, stride_b: int = 0, stride_d: int = 0) -> None:
+         batch: int = 1, stride_a: int = 0, stride_b: int = 0, stride_d: int = 0, on=None) -> None:
     """Row-major D (M, N) [ld ldd] = alpha * op(A) (M, K) @ op(B) (K, N) + beta * D, on device pointers.
     op(A) = A^T when trans_a (A stored (K, M)), likewise B. bias (N) and aux (M, N) [ld aux_ld] serve
-    the epilogue. Batches are strided by element counts."""
-    workspace = scratch("cublaslt_workspace", WORKSPACE_BYTES)
+    the epilogue. Batches are strided by element counts. `on`: the stream (default: the backend's);
+    each stream has its own workspace, so GEMMs on two streams may run at once."""
+    on = on or stream
+    workspace = scratch(f"cublaslt_workspace_{on.ptr}", WORKSPACE_BYTES)
     d_bytes = 4 if out_f32 else 2  # batches start at multiples of the strides: fold them in
     align = (_alignment(a | stride_a * 2), _alignment(b | stride_b * 2),
              min(_alignment(d | stride_d * d_bytes), _alignment(bias), _alignment(aux)))
@@ -181,7 +183,7 @@ def gemm(d: int, a: int, b: int, M: int, N: int, K: int, *, lda: int, ldb: int, 
     if aux:
         _ptr_attr(plan, lt.MatmulDescAttribute.EPILOGUE_AUX_POINTER, aux)
     alpha_ptr, beta_ptr = _scalar(alpha).ctypes.data, _scalar(beta).ctypes.data
-    if not plan.tuned and not stream.is_capturing():
-        plan._tune(alpha_ptr, a, b, beta_ptr, d, beta != 0.0, workspace.data.ptr)
+    if not plan.tuned and not on.is_capturing():
+        plan._tune(alpha_ptr, a, b, beta_ptr, d, beta != 0.0, workspace.data.ptr, on)
     lt.matmul(_handle, plan.desc, alpha_ptr, b, plan.a, a, plan.b, beta_ptr, d, plan.d, d, plan.d, plan.algo,
-              workspace.data.ptr, WORKSPACE_BYTES, stream.ptr)
+              workspace.data.ptr, WORKSPACE_BYTES, on.ptr)

@@ -1,8 +1,10 @@
 """AdamW and the squared global gradient norm (kernels/adamw.cu, kernels/global_norm.cu)."""
 
+import functools
+
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, NUM_SMS, cdiv, check, check_arrays, launch, ptr, scratch
+from llmc.core.gpu.runtime import BF16, NUM_SMS, cdiv, check, check_arrays, launch, ptr, scratch, to_device
 
 NORM_BLOCKS = 4 * NUM_SMS
 
@@ -17,17 +19,28 @@ def global_norm_squared(out, grads) -> None:
     launch("global_norm", "norm_squared_finish", 1, 1024, (out, partial, np.int32(NORM_BLOCKS)))
 
 
+@functools.cache
+def _spans(decayed: tuple[tuple[int, int], ...]):
+    """The decayed spans as a device array, uploaded once per distinct tuple (the model's is fixed)."""
+    return to_device(np.array(decayed, dtype=np.int64).reshape(-1))
+
+
 def adamw_update(param, grad, m, v, master, lr: float, beta1: float, beta2: float, eps: float,
-                 weight_decay: float, step: int, grad_scale: float, seed: int) -> None:
-    """One AdamW step (step from 1) with grad * grad_scale; bf16 param, fp32 m, v and master.
-    With master, param = bf16(master) rounded to nearest; without, stochastically rounded."""
+                 weight_decay: float, step: int, grad_scale: float, seed: int,
+                 decayed: tuple[tuple[int, int], ...] | None = None) -> None:
+    """One AdamW step (step from 1) with grad * grad_scale over flat arrays, in one launch; weight decay
+    on the [start, stop) spans in decayed (all elements when None). bf16 param, fp32 m, v and master.
+    With master, param = bf16(master) rounded to nearest; without, stochastically rounded with random
+    bits hashed from (element index, seed)."""
     op = "adamw_update"
     check_arrays(op, BF16, param, grad)
     check_arrays(op, np.float32, m, v, master)
     check(all(a.size == param.size for a in (grad, m, v, master) if a is not None), f"{op}: sizes differ")
     check(step >= 1, f"{op}: step counts from 1")
     n = param.size
+    spans = None if decayed is None or not decayed else _spans(tuple(decayed))
     launch("adamw", "adamw_update", max(1, cdiv(cdiv(n, 8), 256)), 256,
            (param, ptr(master), grad, m, v, np.int64(n), np.float32(lr), np.float32(beta1), np.float32(beta2),
             np.float32(1.0 - beta1 ** step), np.float32(1.0 - beta2 ** step), np.float32(eps),
-            np.float32(weight_decay), np.float32(grad_scale), np.uint32(seed & 0xFFFFFFFF)))
+            np.float32(weight_decay), np.float32(grad_scale), np.uint32(seed & 0xFFFFFFFF), ptr(spans),
+            np.int32(-1 if decayed is None else len(decayed))))

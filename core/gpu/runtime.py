@@ -40,6 +40,16 @@ NUM_SMS = DEVICE.attributes["MultiProcessorCount"]
 
 stream = cp.cuda.Stream(non_blocking=False)
 stream.use()
+# a second stream for work forked from `stream` and joined back within one primitive (a weight
+# gradient GEMM beside the input gradient GEMM); CUDA graph capture follows the fork and the join
+side_stream = cp.cuda.Stream(non_blocking=True)
+
+
+def fork(to: "cp.cuda.Stream", after: "cp.cuda.Stream") -> None:
+    """Make `to` wait for the work queued so far on `after` (an event between them, capturable)."""
+    event = cp.cuda.Event(disable_timing=True)
+    event.record(after)
+    to.wait_event(event)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -69,13 +79,15 @@ def kernel(file: str, name: str) -> "cp.RawKernel":
     return _module(file).get_function(name)
 
 
-def launch(file: str, name: str, grid: int | tuple, block: int | tuple, args: tuple, shared_mem: int = 0) -> None:
+def launch(file: str, name: str, grid: int | tuple, block: int | tuple, args: tuple, shared_mem: int = 0,
+           on: "cp.cuda.Stream | None" = None) -> None:
+    """Launch a kernel on the backend's stream (or `on`)."""
     k = kernel(file, name)
     if shared_mem > 48 * 1024 and k.max_dynamic_shared_size_bytes < shared_mem:
         k.max_dynamic_shared_size_bytes = shared_mem
     grid = grid if isinstance(grid, tuple) else (grid,)
     block = block if isinstance(block, tuple) else (block,)
-    with stream:  # RawKernel launches on CuPy's current stream
+    with on or stream:  # RawKernel launches on CuPy's current stream
         k(grid, block, args, shared_mem=shared_mem)
 
 
@@ -144,6 +156,18 @@ def to_host(arr):
 
 def synchronize() -> None:
     stream.synchronize()
+
+
+# dense bf16 tensor-core FLOP/s by device name, llm.c's table (llmc/mfu.h: H100 PCIe 756 TFLOP/s, scaled
+# by tensor cores and clock for the SXM part); first match wins
+PROMISED_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                 ("A100", 312e12))
+
+
+def promised_flops() -> float:
+    """The device's dense bf16 FLOP/s (llm.c's MFU denominator), -1 when unknown (llm.c prints -100%)."""
+    name = cp.cuda.runtime.getDeviceProperties(DEVICE.id)["name"].decode()
+    return next((flops for key, flops in PROMISED_BF16 if key in name), -1.0)
 
 
 def graph(fn: Callable[[], None]) -> Callable[[], None]:

@@ -37,6 +37,7 @@ def bench_llmc(model: str, B: int, T: int, steps: int) -> dict:
         gpt.set_batch(x, y)
         gpt.forward(dloss=1.0 / (B * T))
         gpt.backward()
+        gpt.compute_grad_norm()
         norm = gpt.grad_norm()
         gpt.update(3e-4, 0.9, 0.95, 1e-8, 0.0, step + 1, min(1.0, 1.0 / norm))
         times.append(time.perf_counter() - t0)

@@ -1,12 +1,14 @@
 """GPU benchmark (make bench-gpu): llmc's GPU trainer vs a PyTorch reference of the same model, same
 command, same GPU.
 
-GPT-2 d12 (V=50257), T=1024, B=16 and B=64, no recompute, master weights: a full training step
-(batch upload, forward + backward as one CUDA graph, loss read-back, global norm, AdamW) timed by
-host clock around a synchronized step, median over the measured steps. The reference is PyTorch
-with torch.compile, flash attention (F.scaled_dot_product_attention), bf16 autocast and fused
-AdamW, fp32 weights. Each configuration runs in its own child process; peak memory is the device's
-used memory (total - free, llm.c's measure, CUDA context included) after the steps.
+GPT-2 d12 (V=50257), T=1024, B=16 and B=64, no recompute, master weights, random tokens. llmc runs
+train-gpu's own loop (llmc.core.train.Trainer) and takes the step times it prints: from one step's
+loss/norm read-back to the next, so each holds a forward + backward graph, the norm and an AdamW.
+The reference is PyTorch with torch.compile, flash attention (F.scaled_dot_product_attention), bf16
+autocast and fused AdamW, fp32 weights, each step timed by host clock up to its loss read-back (as a
+training loop that logs every step). Medians over the measured steps. Each configuration runs in its
+own child process; peak memory is the device's used memory (total - free, llm.c's measure, CUDA
+context included) after the steps.
 `--profile` adds llmc's per-primitive GPU time (CUDA events around each eager call).
 """
 
@@ -23,11 +25,6 @@ import numpy as np
 PROMISED_BF16 = 989.4e12  # H100 / H200 SXM dense bf16 tensor-core FLOP/s
 
 
-def flops_per_token(cfg, T: int) -> int:
-    from llmc.core.config import num_parameters
-    return 6 * num_parameters(cfg) + 6 * cfg.num_layers * cfg.channels * T  # llm.c's MFU estimate
-
-
 def batches(cfg, B: int, T: int, n: int) -> list:
     rng = np.random.default_rng(0)
     return [rng.integers(0, cfg.vocab_size, (2, B, T)).astype(np.int32) for _ in range(n)]
@@ -39,46 +36,30 @@ def device_used_mib() -> float:
     return (total - free) / 2 ** 20
 
 
-def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
-    import cupy as cp
+def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, gelu_fusion: int = 2) -> dict:
+    """train-gpu's own loop (llmc.core.train.Trainer) on random tokens: the step times it prints."""
+    import re
+    import tempfile
 
     from llmc.core import gpu
-    from llmc.core.init import load_params
-    from llmc.core.model import GPT
+    from llmc.core.formats import write_shard
+    from llmc.core.train import TrainConfig, Trainer
 
-    cfg, params = load_params(model)
-    gpt = GPT(cfg, gpu, params, B, T)
-    del params
-    train_step = gpu.graph(lambda: (gpt.forward(dloss=1.0 / (B * T)), gpt.backward()))
-    data = batches(cfg, B, T, 4)
-    times, losses, graph_ms = [], [], []
-    phases = defaultdict(list)  # host seconds per part of the step (where the GPU may wait on the host)
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    for step in range(warmup + steps):
-        x, y = data[step % len(data)]
-        marks = [time.perf_counter()]
-        gpt.zero_grad()
-        gpt.set_batch(x, y)
-        marks.append(time.perf_counter())
-        start.record(gpu.runtime.stream)
-        train_step()
-        end.record(gpu.runtime.stream)
-        losses.append(gpt.mean_loss())
-        marks.append(time.perf_counter())
-        graph_ms.append(cp.cuda.get_elapsed_time(start, end))
-        norm = gpt.grad_norm()
-        marks.append(time.perf_counter())
-        gpt.update(3e-4, 0.9, 0.95, 1e-8, 0.0, step + 1, 1.0 / max(norm, 1.0), seed=step)
-        marks.append(time.perf_counter())
-        gpu.synchronize()
-        marks.append(time.perf_counter())
-        times.append(marks[-1] - marks[0])
-        for name, a, b in zip(("zero_grad+set_batch", "graph+loss", "grad_norm", "update (host)", "sync"),
-                              marks, marks[1:]):
-            phases[name].append(b - a)
-    return {"cfg": cfg, "times": times[warmup:], "losses": losses, "mem_mib": device_used_mib(),
-            "graph_ms": float(np.median(graph_ms[warmup:])),
-            "phases_ms": {k: 1e3 * float(np.median(v[warmup:])) for k, v in phases.items()}}
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        for split, n in (("train", B * T * (warmup + steps) + 1), ("val", B * T + 1)):
+            write_shard(f"{tmp}/{split}.bin", rng.integers(0, 50257, n).astype(np.uint16))
+        cfg = TrainConfig(train_data=f"{tmp}/train.bin", val_data=f"{tmp}/val.bin", model=model, B=B, T=T,
+                          max_steps=warmup + steps, val_every=10 ** 9, val_max_steps=1, sample_every=0,
+                          gelu_fusion=gelu_fusion, recompute=0)
+        trainer = Trainer(cfg, gpu, out=lines.append)
+        trainer.run()
+        mem = device_used_mib()
+    step_ms = [float(m.group(1)) for m in map(re.compile(r"^step .*\| ([0-9.]+) ms \|").match, lines) if m]
+    losses = [float(m.group(1)) for m in map(re.compile(r"^step .*\| loss ([0-9.]+)").match, lines) if m]
+    return {"cfg": trainer.model_cfg, "times": [ms / 1e3 for ms in step_ms[warmup:]], "losses": losses,
+            "mem_mib": mem}
 
 
 def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
@@ -118,7 +99,7 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
         gpt.zero_grad()
         gpt.forward(dloss=1.0 / (B * T))
         gpt.backward()
-        gpt.grad_norm()
+        gpt.compute_grad_norm()
         gpt.update(3e-4, 0.9, 0.95, 1e-8, 0.0, 1, 1.0)
         gpu.synchronize()
     for key, start, end in pending:
@@ -197,14 +178,15 @@ def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
     return {"cfg": cfg, "times": times[warmup:], "losses": losses, "mem_mib": (total - free) / 2 ** 20}
 
 
-def child(which: str, model: str, B: int, T: int, warmup: int, steps: int, profile: bool) -> None:
-    r = (bench_llmc if which == "llmc" else bench_torch)(model, B, T, warmup, steps)
+def child(which: str, model: str, B: int, T: int, warmup: int, steps: int, profile: bool, gelu_fusion: int) -> None:
+    from llmc.core.config import flops_per_token
+
+    r = bench_llmc(model, B, T, warmup, steps, gelu_fusion) if which == "llmc" else bench_torch(model, B, T, warmup, steps)
     dt = float(np.median(r["times"]))
     tok_s = B * T / dt
     out = {"ms": dt * 1e3, "tok_s": tok_s, "mfu": tok_s * flops_per_token(r["cfg"], T) / PROMISED_BF16,
            "mem_mib": r["mem_mib"], "first_loss": r["losses"][0], "last_loss": r["losses"][-1],
-           "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3, "graph_ms": r.get("graph_ms"),
-           "phases_ms": r.get("phases_ms")}
+           "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3}
     if profile and which == "llmc":
         out["profile"] = profile_llmc(model, B, T)
     print(json.dumps(out))
@@ -219,10 +201,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--only", choices=["llmc", "torch"], help="run one side only")
     ap.add_argument("--profile", action="store_true", help="llmc's per-primitive GPU time")
+    ap.add_argument("-ge", type=int, default=2, choices=[0, 1, 2], help="llmc's GELU fusion (as train-gpu -ge)")
     ap.add_argument("--child", choices=["llmc", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.e, args.b[0], args.t, args.warmup, args.steps, args.profile)
+        return child(args.child, args.e, args.b[0], args.t, args.warmup, args.steps, args.profile, args.ge)
     import cupy as cp
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     sides = [args.only] if args.only else ["llmc", "torch"]
@@ -231,7 +214,7 @@ def main() -> None:
         results = {}
         for which in sides:
             cmd = [sys.executable, "-m", "tests.bench.bench_gpu", "--child", which, "-e", args.e, "-b", str(B),
-                   "-t", str(args.t), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+                   "-t", str(args.t), "--warmup", str(args.warmup), "--steps", str(args.steps), "-ge", str(args.ge)]
             if args.profile:
                 cmd.append("--profile")
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -243,11 +226,7 @@ def main() -> None:
             r = results[which]
             print(f"{which:5s} B={B:3d}: {r['ms']:8.2f} ms/step {r['tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
                   f"mem {r['mem_mib'] / 1024:5.2f} GiB  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
-                  f"(spread {r['spread_ms']:.2f} ms" + (f", graph {r['graph_ms']:.2f} ms" if r["graph_ms"] else "")
-                  + ")", flush=True)
-            if args.profile and r.get("phases_ms"):
-                print("      step phases (host clock, median ms): " +
-                      ", ".join(f"{k} {v:.2f}" for k, v in r["phases_ms"].items()))
+                  f"(spread {r['spread_ms']:.2f} ms)", flush=True)
             for key, ms, n in r.get("profile", []):
                 print(f"      {ms:8.3f} ms  {n:4d}x  {key}")
         rows.append((B, results))

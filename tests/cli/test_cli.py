@@ -111,6 +111,28 @@ def test_train_cpu_prints_llmc_lines_and_writes_main_log(tiny, tmp_path):
         assert float(m[4]) == pytest.approx(float(step[5]), abs=1e-2)
 
 
+@pytest.mark.parametrize("promised", [None, 2e9, -1.0])
+def test_step_line_mfu_column(tiny, monkeypatch, promised):
+    """llm.c's `| %.1f%% bf16 MFU |` between the time and tok/s, where the backend promises a FLOP/s
+    (-1: an unknown GPU, -100% as llm.c); none on the CPU."""
+    from llmc.core import cpu
+    from llmc.core.config import flops_per_token
+    monkeypatch.setattr(cpu, "promised_flops", lambda: promised)
+    result = run(*train_args(tiny, "-x", "2", "-v", "100", "-m", "1"))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("step ")]
+    assert len(lines) == 2 and all(STEP_LINE.match(line) for line in lines)
+    for line in lines:
+        mfu = re.search(r"\| (\d+\.\d{2}) ms \| (-?\d+\.\d)% bf16 MFU \| \d+ tok/s", line)
+        if promised is None:
+            assert "MFU" not in line
+        elif promised < 0:
+            assert mfu and mfu[2] == "-100.0"
+        else:
+            want = 100 * flops_per_token(TINY, 8) * 2 * 8 / (float(mfu[1]) / 1e3) / promised
+            assert float(mfu[2]) == pytest.approx(want, rel=0.02, abs=0.1)
+
+
 def test_train_cpu_gradient_accumulation_and_schedule(tiny):
     result = run(*train_args(tiny, "-x", "4", "-d", "32", "-v", "100", "-m", "1", "-k", "linear", "-l", "1e-3",
                              "-u", "2", "-q", "0.0"))

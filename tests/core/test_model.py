@@ -124,6 +124,7 @@ def test_ten_adamw_steps_match_torch():
         model.forward(dloss=1.0 / (B * T))
         model.backward()
         losses.append(model.mean_loss())
+        model.compute_grad_norm()
         norm = model.grad_norm()
         norms.append(norm)
         model.update(lr, 0.9, 0.95, 1e-8, wd, step + 1, grad_scale=1.0 / norm if norm > 1.0 else 1.0)

@@ -351,6 +351,31 @@ def test_adamw_update_with_master_weights():
     np.testing.assert_array_equal(param, master)  # and the parameter follows it
 
 
+@pytest.mark.parametrize("decayed", [(), ((0, 5), (300, 1000)), ((17, 4 * 32768 + 5),)])
+def test_adamw_update_decays_only_the_given_spans(decayed):
+    rng = np.random.default_rng(12)
+    n = 4 * 32768 + 1000
+    param, grad = rand(rng, n), rand(rng, n)
+    m0, v0 = rand(rng, n, scale=0.1), np.abs(rand(rng, n, scale=0.1))
+    hyper = (1e-2, 0.9, 0.95, 1e-8)
+    got = [a.copy() for a in (param, m0, v0)]
+    cpu.adamw_update(got[0], grad, got[1], got[2], None, *hyper, 0.5, 3, 0.7, 0, decayed)
+    want = [a.copy() for a in (param, m0, v0)]
+    mask = np.zeros(n, bool)
+    for lo, hi in decayed:
+        mask[lo:hi] = True
+    for decayed_part in (mask, ~mask):  # each part on its own, with and without weight decay
+        idx = np.flatnonzero(decayed_part)
+        if idx.size:
+            part = [a[idx].copy() for a in want]
+            cpu.adamw_update(part[0], grad[idx], part[1], part[2], None, *hyper, 0.5 if decayed_part is mask else 0.0,
+                             3, 0.7, 0)
+            for a, b in zip(want, part):
+                a[idx] = b
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("n", [1, 1000, 300001])
 def test_global_norm_squared(n):
     grads = np.random.default_rng(11).standard_normal(n).astype(np.float32)

@@ -1,5 +1,5 @@
-// AdamW on one parameter tensor: bf16 parameters and gradients, fp32 m and v, optional fp32
-// master weights. Without master weights the new value is written to bf16 with stochastic
+// AdamW over a flat run of parameters in one launch: bf16 parameters and gradients, fp32 m and v,
+// optional fp32 master weights; weight decay only inside the given [start, stop) spans. Without master weights the new value is written to bf16 with stochastic
 // rounding, its random bits a hash of (element index, seed): reproducible for a given seed.
 #include "common.cuh"
 
@@ -20,11 +20,21 @@ __device__ __forceinline__ float adamw_step(float w, float g, float* m, float* v
     return w - lr * ((mm / bc1) / (sqrtf(vv / bc2) + eps) + wd * w);
 }
 
+// weight decay of element i: wd inside one of the spans (pairs of [start, stop)), else 0; all
+// elements when nspans < 0
+__device__ __forceinline__ float decay_at(long i, const long* spans, int nspans, float wd) {
+    if (nspans < 0) return wd;
+    for (int k = 0; k < nspans; k++)
+        if (i >= spans[2 * k] && i < spans[2 * k + 1]) return wd;
+    return 0.0f;
+}
+
 // one thread per 8 elements; the tail (n % 8) by the first threads, element by element.
 // master may be null. bc1, bc2 = 1 - beta^step.
 extern "C" __global__ void adamw_update(bf16* param, float* master, const bf16* grad, float* m, float* v,
                                         long n, float lr, float beta1, float beta2, float bc1, float bc2,
-                                        float eps, float wd, float grad_scale, unsigned int seed) {
+                                        float eps, float wd, float grad_scale, unsigned int seed,
+                                        const long* spans, int nspans) {
     long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
     if (i + PACK <= n) {
         float p[PACK], g[PACK], mm[PACK], vv[PACK];
@@ -41,7 +51,8 @@ extern "C" __global__ void adamw_update(bf16* param, float* master, const bf16* 
         *reinterpret_cast<float4*>(vv + 4) = __ldcs(reinterpret_cast<const float4*>(v + i + 4));
 #pragma unroll
         for (int k = 0; k < PACK; k++)
-            p[k] = adamw_step(p[k], g[k] * grad_scale, mm + k, vv + k, lr, beta1, beta2, bc1, bc2, eps, wd);
+            p[k] = adamw_step(p[k], g[k] * grad_scale, mm + k, vv + k, lr, beta1, beta2, bc1, bc2, eps,
+                              decay_at(i + k, spans, nspans, wd));
         __stcs(reinterpret_cast<float4*>(m + i), *reinterpret_cast<float4*>(mm));
         __stcs(reinterpret_cast<float4*>(m + i + 4), *reinterpret_cast<float4*>(mm + 4));
         __stcs(reinterpret_cast<float4*>(v + i), *reinterpret_cast<float4*>(vv));
@@ -62,7 +73,7 @@ extern "C" __global__ void adamw_update(bf16* param, float* master, const bf16* 
     if (tail < n) {
         float w = master ? master[tail] : __bfloat162float(param[tail]);
         w = adamw_step(w, __bfloat162float(grad[tail]) * grad_scale, m + tail, v + tail, lr, beta1, beta2,
-                       bc1, bc2, eps, wd);
+                       bc1, bc2, eps, decay_at(tail, spans, nspans, wd));
         if (master) master[tail] = w;
         param[tail] = master ? __float2bfloat16(w) : stochastic_round(w, tail, seed);
     }

@@ -82,7 +82,8 @@ __device__ __forceinline__ float column_sum(const float* partial, int slices, in
     int col = blockIdx.x * WARP_SIZE + threadIdx.x;
     float s = 0.0f;
     if (col < cols)
-        for (int i = threadIdx.y; i < slices; i += 8) s += partial[(long)i * cols + col];
+#pragma unroll 8
+        for (int i = threadIdx.y; i < slices; i += 8) s += partial[(long)i * cols + col];  // 8 loads in flight
     sub[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     s = 0.0f;

@@ -1,6 +1,5 @@
 // LayerNorm forward (plain and fused with the residual add) and backward. One warp per row of C
-// channels, 8 channels per 128-bit access; rows are re-read from L1 instead of held in registers,
-// so any C divisible by 8 works.
+// channels, 8 channels per 128-bit access; any C divisible by 8 works.
 #include "common.cuh"
 
 #define LN_EPS 1e-5f
@@ -89,13 +88,13 @@ __device__ __forceinline__ void ln_backward_pass1(uint4 graw, uint4 xraw, const 
     }
 }
 
-__device__ __forceinline__ void ln_backward_pass2(bf16* dinp, uint4 graw, uint4 xraw, const bf16* weight, int c,
-                                                  float m, float s, float dnorm_mean, float dnorm_norm_mean) {
+__device__ __forceinline__ void ln_backward_pass2(bf16* dinp, uint4 graw, uint4 xraw, uint4 draw, const bf16* weight,
+                                                  int c, float m, float s, float dnorm_mean, float dnorm_norm_mean) {
     float g[PACK], x[PACK], w[PACK], d[PACK];
     unpack8(g, graw);
     unpack8(x, xraw);
+    unpack8(d, draw);
     load8(w, weight + c);
-    load8(d, dinp + c);
 #pragma unroll
     for (int k = 0; k < PACK; k++) {
         float norm = (x[k] - m) * s;
@@ -105,16 +104,19 @@ __device__ __forceinline__ void ln_backward_pass2(bf16* dinp, uint4 graw, uint4 
 }
 
 __device__ __forceinline__ uint4 load_raw(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ uint4 load_raw_cs(const bf16* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
 
-#define LN_CACHED 4  // packs per lane held in registers between the passes: rows up to 1024 channels read once
+// packs per lane held in registers through the row (dout, inp and dinp): C = 768 read once; channels
+// past 3 * 32 * 8 are re-read (from L1/L2). 3 keeps the kernel at 4 blocks (32 warps) per SM.
+#define LN_CACHED 3
 
 // Backward, part 1. Each warp walks rows (stride: all warps of the grid): dinp += the row's input
 // gradient, and the warp's own slice of dynamic shared memory (2*C floats: dweight then dbias,
 // channel-interleaved) accumulates its rows in order. The block then sums its warps in order into
 // scratch[blockIdx.x] (2*C floats); part 2 sums the blocks in order. Deterministic throughout.
-extern "C" __global__ void layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp,
-                                              const bf16* weight, const float* mean, const float* rstd,
-                                              int N, int C) {
+extern "C" __global__ void __launch_bounds__(256, 4)
+layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp, const bf16* weight,
+                   const float* mean, const float* rstd, int N, int C) {
     extern __shared__ float acc[];  // (warps, 2*C)
     int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
     float* dw = acc + (long)warp * 2 * C;
@@ -127,13 +129,14 @@ extern "C" __global__ void layernorm_backward(bf16* dinp, float* scratch, const 
         long off = (long)row * C;
         float m = mean[row], s = rstd[row];
         float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
-        uint4 graw[LN_CACHED], xraw[LN_CACHED];
+        uint4 graw[LN_CACHED], xraw[LN_CACHED], draw[LN_CACHED];
 #pragma unroll
-        for (int i = 0; i < LN_CACHED; i++) {
+        for (int i = 0; i < LN_CACHED; i++) {  // every load of the row issued at once: one memory round trip
             int c = (i * WARP_SIZE + lane) * PACK;
             if (c < C) {
-                graw[i] = load_raw(dout + off + c);
-                xraw[i] = load_raw(inp + off + c);
+                graw[i] = load_raw_cs(dout + off + c);
+                xraw[i] = load_raw_cs(inp + off + c);
+                draw[i] = load_raw(dinp + off + c);
             }
         }
 #pragma unroll
@@ -149,19 +152,21 @@ extern "C" __global__ void layernorm_backward(bf16* dinp, float* scratch, const 
 #pragma unroll
         for (int i = 0; i < LN_CACHED; i++) {
             int c = (i * WARP_SIZE + lane) * PACK;
-            if (c < C) ln_backward_pass2(dinp + off, graw[i], xraw[i], weight, c, m, s, dnorm_mean, dnorm_norm_mean);
+            if (c < C)
+                ln_backward_pass2(dinp + off, graw[i], xraw[i], draw[i], weight, c, m, s, dnorm_mean, dnorm_norm_mean);
         }
         for (int c = rest; c < C; c += WARP_SIZE * PACK)
-            ln_backward_pass2(dinp + off, load_raw(dout + off + c), load_raw(inp + off + c), weight, c, m, s,
-                              dnorm_mean, dnorm_norm_mean);
+            ln_backward_pass2(dinp + off, load_raw(dout + off + c), load_raw(inp + off + c), load_raw(dinp + off + c),
+                              weight, c, m, s, dnorm_mean, dnorm_norm_mean);
     }
     __syncthreads();
+    // block total of each channel, walking the interleaved slots in order (conflict-free reads)
     float* out = scratch + (long)blockIdx.x * 2 * C;
-    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
-        int half = c / C, ch = c % C, slot = half * C + (ch % PACK) * C8 + ch / PACK;
+    for (int slot = threadIdx.x; slot < 2 * C; slot += blockDim.x) {
+        int half = slot / C, within = slot % C, ch = (within % C8) * PACK + within / C8;
         float sum = 0.0f;
         for (int i = 0; i < warps; i++) sum += acc[(long)i * 2 * C + slot];
-        out[c] = sum;
+        out[half * C + ch] = sum;
     }
 }
 

@@ -43,6 +43,7 @@ def test_gpu_model_matches_cpu(recompute, gelu_fusion):
             model.zero_grad()
             step()
             losses[name].append(model.mean_loss())
+            model.compute_grad_norm()
             norm = model.grad_norm()
             model.update(1e-3, 0.9, 0.95, 1e-8, 0.0, i + 1, 1.0 / max(norm, 1.0), seed=i)
     np.testing.assert_allclose(losses["gpu"], losses["cpu"], atol=2e-2)

@@ -257,6 +257,19 @@ def test_adamw_with_master_weights(rng, n):
     assert np.array_equal(host(param), host(master).astype(gpu.act_dtype).astype(np.float32))  # nearest
 
 
+def test_adamw_decays_only_the_given_spans(rng):
+    n = 40003  # span edges inside 8-element packs, and a tail
+    decayed = ((0, 1001), (1003, 20000), (30001, n))
+    master0, grad = rng.standard_normal(n).astype(np.float32), rand(rng, n)
+    m0, v0 = rng.standard_normal(n).astype(np.float32), rng.random(n).astype(np.float32)
+    param, master, m, v = dev(master0), cp.asarray(master0), cp.asarray(m0), cp.asarray(v0)
+    gpu.adamw_update(param, dev(grad), m, v, master, step=3, seed=5, decayed=decayed, **ADAM)
+    want = [master0.copy(), m0.copy(), v0.copy()]
+    cpu.adamw_update(want[0], grad, want[1], want[2], None, step=3, seed=5, decayed=decayed, **ADAM)
+    for got, ref, what in zip((master, m, v), want, ("master", "m", "v")):
+        np.testing.assert_allclose(host(got), ref, rtol=1e-5, atol=1e-7, err_msg=what)
+
+
 def test_adamw_stochastic_rounding(rng):
     n = 1 << 17
     p0, grad = rand(rng, n), rand(rng, n)
