@@ -193,9 +193,11 @@ class GPT:
         return float(np.sqrt(self.backend.to_host(self.norm_squared)[0]))
 
     def update(self, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
-               grad_scale: float = 1.0, seed: int = 0) -> None:
+               grad_scale: float = 1.0, seed: int = 0, clip_to: float | None = None) -> None:
         """AdamW over this rank's shard in one call; weight decay only on the 2-D weights, as
-        train_gpt2.cu. Sharded, the updated shards are then all-gathered into every rank's parameters."""
+        train_gpt2.cu. With clip_to, the gradients are clipped to that global norm on the device, from
+        the norm compute_grad_norm queued (skipped where it is not finite). Sharded, the updated shards
+        are then all-gathered into every rank's parameters."""
         xp = self.backend.xp
         if self.m is None:
             self.m = xp.zeros(self.shard.size, dtype=np.float32)
@@ -205,7 +207,8 @@ class GPT:
         if hi > lo:
             self.backend.adamw_update(self.flat_params[lo:hi], self.flat_grads[lo:hi], self.m[local], self.v[local],
                                       None if self.master is None else self.master[local], lr, beta1, beta2,
-                                      eps, weight_decay, step, grad_scale, seed, self.decayed)
+                                      eps, weight_decay, step, grad_scale, seed, self.decayed,
+                                      None if clip_to is None else self.norm_squared, clip_to or 1.0)
         if self.sharded:
             self.group.all_gather(self.flat_params)
 

@@ -104,12 +104,16 @@ class Primitives(Protocol):
     def adamw_update(self, param: Array, grad: Array, m: Array, v: Array, master: Array | None,
                      lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                      step: int, grad_scale: float, seed: int,
-                     decayed: tuple[tuple[int, int], ...] | None = None) -> None:
+                     decayed: tuple[tuple[int, int], ...] | None = None, norm_squared: Array | None = None,
+                     max_norm: float = 1.0) -> None:
         """One AdamW step (step counts from 1) over flat arrays (the whole model in one call); grad is
         multiplied by grad_scale first (clipping). weight_decay applies to the elements of the
         [start, stop) spans in decayed (all elements when None). m, v (and master, the fp32 weights
         when param is bf16) are fp32. Without master, a bf16 param is written with stochastic
-        rounding, its random bits a function of (element index, seed)."""
+        rounding, its random bits a function of (element index, seed). With norm_squared (1,) fp32,
+        the squared global gradient norm as the backend holds it, the gradient is also clipped to
+        max_norm, and a non-finite norm leaves everything unchanged: the update can be queued
+        before the host reads the norm."""
 
 
 REQUIRED_OPS = tuple(name for name in Primitives.__dict__

@@ -380,7 +380,8 @@ class Trainer:
 
     def optimizer_step(self) -> tuple[float, float, float, float, float]:
         """One step of grad_accum micro-batches and the update: (loss, loss z, norm, norm z, lr). The
-        host waits once, for the losses and the norm; the update is queued and runs while it prints."""
+        host waits once, for the losses and the norm; without -sl/-sg the update is queued before
+        that, so the GPU never waits for the host's read-back."""
         c, model = self.cfg, self.model
         loader_state = self.train_loader.state()  # this step boundary's, for a checkpoint if the step fails
         if c.overfit_single_batch:
@@ -394,6 +395,12 @@ class Trainer:
             self.step_losses[micro][...] = model.acts["losses"]  # read back with the norm, once per step
         model.reduce_gradients()
         model.compute_grad_norm()
+        lr = learning_rate(c.schedule, self.step, c.lr, c.warmup, self.num_steps, c.final_lr_frac)
+        adamw = (lr, 0.9, 0.95, 1e-8, c.weight_decay, self.step + 1)
+        seed = self.step * 1000003 + 1
+        host_decides = c.skip_loss_z or c.skip_grad_z  # the z-scores need the loss and norm on the host first
+        if not host_decides:  # queued now, clipped to norm 1.0 on the device, skipped there if the norm is not finite
+            model.update(*adamw, seed=seed, clip_to=1.0)
         loss = float(self.backend.to_host(self.step_losses).mean())
         loss = self.group.host_reduce([loss])[0] / self.group.world
         norm = model.grad_norm()
@@ -405,16 +412,15 @@ class Trainer:
             raise LlmcError(f"loss {loss}, gradient norm {norm} at step {self.step + 1}: stopped before "
                             f"the update{where}")
         zloss = self.loss_detector.update(loss)
-        lr = learning_rate(c.schedule, self.step, c.lr, c.warmup, self.num_steps, c.final_lr_frac)
         zgrad = self.grad_detector.update(norm)
-        if math.isfinite(zloss) and c.skip_loss_z and zloss > c.skip_loss_z:
-            self.out(f"skipping update due to loss z-score of {zloss:f}")
-        elif math.isfinite(zgrad) and c.skip_grad_z and zgrad > c.skip_grad_z:
-            self.out(f"skipping update due to grad z-score of {zgrad:f}")
-        else:
-            grad_scale = 1.0 / norm if norm > 1.0 else 1.0  # clip to global norm 1.0
-            model.update(lr, 0.9, 0.95, 1e-8, c.weight_decay, self.step + 1, grad_scale,
-                         seed=self.step * 1000003 + 1)
+        if host_decides:
+            if math.isfinite(zloss) and c.skip_loss_z and zloss > c.skip_loss_z:
+                self.out(f"skipping update due to loss z-score of {zloss:f}")
+            elif math.isfinite(zgrad) and c.skip_grad_z and zgrad > c.skip_grad_z:
+                self.out(f"skipping update due to grad z-score of {zgrad:f}")
+            else:
+                grad_scale = 1.0 / norm if norm > 1.0 else 1.0  # clip to global norm 1.0
+                model.update(*adamw, grad_scale, seed=seed)
         return loss, zloss, norm, zgrad, lr
 
     # ------------------------------------------------------------------ the loop

@@ -63,8 +63,13 @@ def _segments(n: int, weight_decay: float, decayed) -> list[tuple[int, int, floa
 
 
 def adamw_update(param, grad, m, v, master, lr, beta1, beta2, eps, weight_decay, step, grad_scale, seed,
-                 decayed=None):
+                 decayed=None, norm_squared=None, max_norm=1.0):
     # fp32 parameters are their own master weights; seed (stochastic rounding) has no use in fp32
+    if norm_squared is not None:
+        norm = math.sqrt(float(norm_squared[0]))
+        if not math.isfinite(norm):
+            return
+        grad_scale *= max_norm / norm if norm > max_norm else 1.0
     target = param if master is None else master
     flat = [a.reshape(-1) for a in (target, grad, m, v)]
     args = (lr, beta1, beta2, eps, 1.0 - beta1 ** step, 1.0 - beta2 ** step, grad_scale)

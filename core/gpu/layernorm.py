@@ -7,6 +7,7 @@ from llmc.core.gpu.runtime import BF16, NUM_SMS, cdiv, check, check_arrays, laun
 
 ROWS_PER_BLOCK = 8  # forward: one warp per row
 BWD_WARPS = 8  # backward: warps per block, each with 2*C floats of shared memory
+BWD_BLOCKS_PER_SM = 2  # kernels/layernorm.cu's LN_MIN_BLOCKS
 
 
 def _check(op: str, out, mean, rstd, inp, weight, bias) -> tuple[int, int]:
@@ -52,7 +53,7 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd) -> N
     check(dinp.shape == inp.shape and dweight.shape == (C,), "layernorm_backward: dinp/dweight shapes differ")
     smem = BWD_WARPS * 2 * C * 4
     check(smem <= 227 * 1024, f"layernorm_backward: channels {C} exceed shared memory")
-    per_sm = max(1, min(2048 // (32 * BWD_WARPS), (227 * 1024) // (smem + 1024)))  # threads, shared memory
+    per_sm = max(1, min(BWD_BLOCKS_PER_SM, (227 * 1024) // (smem + 1024)))  # registers, shared memory
     blocks = max(1, min(cdiv(N, BWD_WARPS), NUM_SMS * per_sm))
     partial = scratch("layernorm_partial", blocks * 2 * C * 4)
     launch("layernorm", "layernorm_backward", blocks, 32 * BWD_WARPS,

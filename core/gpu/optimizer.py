@@ -27,14 +27,15 @@ def _spans(decayed: tuple[tuple[int, int], ...]):
 
 def adamw_update(param, grad, m, v, master, lr: float, beta1: float, beta2: float, eps: float,
                  weight_decay: float, step: int, grad_scale: float, seed: int,
-                 decayed: tuple[tuple[int, int], ...] | None = None) -> None:
+                 decayed: tuple[tuple[int, int], ...] | None = None, norm_squared=None, max_norm: float = 1.0) -> None:
     """One AdamW step (step from 1) with grad * grad_scale over flat arrays, in one launch; weight decay
     on the [start, stop) spans in decayed (all elements when None). bf16 param, fp32 m, v and master.
     With master, param = bf16(master) rounded to nearest; without, stochastically rounded with random
-    bits hashed from (element index, seed)."""
+    bits hashed from (element index, seed). With norm_squared (1,) fp32, clipped to max_norm on the
+    device, nothing changed where that norm is not finite."""
     op = "adamw_update"
     check_arrays(op, BF16, param, grad)
-    check_arrays(op, np.float32, m, v, master)
+    check_arrays(op, np.float32, m, v, master, norm_squared)
     check(all(a.size == param.size for a in (grad, m, v, master) if a is not None), f"{op}: sizes differ")
     check(step >= 1, f"{op}: step counts from 1")
     n = param.size
@@ -43,4 +44,4 @@ def adamw_update(param, grad, m, v, master, lr: float, beta1: float, beta2: floa
            (param, ptr(master), grad, m, v, np.int64(n), np.float32(lr), np.float32(beta1), np.float32(beta2),
             np.float32(1.0 - beta1 ** step), np.float32(1.0 - beta2 ** step), np.float32(eps),
             np.float32(weight_decay), np.float32(grad_scale), np.uint32(seed & 0xFFFFFFFF), ptr(spans),
-            np.int32(-1 if decayed is None else len(decayed))))
+            np.int32(-1 if decayed is None else len(decayed)), ptr(norm_squared), np.float32(max_norm)))

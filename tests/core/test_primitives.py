@@ -376,6 +376,26 @@ def test_adamw_update_decays_only_the_given_spans(decayed):
         np.testing.assert_array_equal(a, b)
 
 
+def test_adamw_update_clips_by_a_device_norm():
+    rng = np.random.default_rng(13)
+    n = 777
+    param, grad = rand(rng, n), rand(rng, n)
+    hyper = (1e-2, 0.9, 0.95, 1e-8, 0.1, 2)
+    for norm_sq, scale in ((4.0, 0.5), (0.25, 1.0)):  # norm 2 clipped to 1; norm 0.5 left alone
+        got, want = [[param.copy(), np.full(n, 0.1, np.float32), np.full(n, 0.2, np.float32)] for _ in range(2)]
+        cpu.adamw_update(got[0], grad, got[1], got[2], None, *hyper, 1.0, 0,
+                         norm_squared=np.array([norm_sq], np.float32), max_norm=1.0)
+        cpu.adamw_update(want[0], grad, want[1], want[2], None, *hyper, scale, 0)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    for bad in (np.nan, np.inf):  # a non-finite norm: nothing changes
+        state = [param.copy(), np.full(n, 0.1, np.float32), np.full(n, 0.2, np.float32)]
+        cpu.adamw_update(state[0], grad, state[1], state[2], None, *hyper, 1.0, 0,
+                         norm_squared=np.array([bad], np.float32))
+        np.testing.assert_array_equal(state[0], param)
+        assert (state[1] == np.float32(0.1)).all() and (state[2] == np.float32(0.2)).all()
+
+
 @pytest.mark.parametrize("n", [1, 1000, 300001])
 def test_global_norm_squared(n):
     grads = np.random.default_rng(11).standard_normal(n).astype(np.float32)

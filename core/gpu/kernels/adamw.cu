@@ -34,7 +34,13 @@ __device__ __forceinline__ float decay_at(long i, const long* spans, int nspans,
 extern "C" __global__ void adamw_update(bf16* param, float* master, const bf16* grad, float* m, float* v,
                                         long n, float lr, float beta1, float beta2, float bc1, float bc2,
                                         float eps, float wd, float grad_scale, unsigned int seed,
-                                        const long* spans, int nspans) {
+                                        const long* spans, int nspans, const float* norm_squared,
+                                        float max_norm) {
+    if (norm_squared) {  // clip on the device: the host need not see the norm before the update
+        float norm = sqrtf(*norm_squared);
+        if (!isfinite(norm)) return;  // non-finite gradients: everything stays as it was
+        if (norm > max_norm) grad_scale *= max_norm / norm;
+    }
     long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
     if (i + PACK <= n) {
         float p[PACK], g[PACK], mm[PACK], vv[PACK];

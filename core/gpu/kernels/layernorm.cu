@@ -107,14 +107,18 @@ __device__ __forceinline__ uint4 load_raw(const bf16* p) { return *reinterpret_c
 __device__ __forceinline__ uint4 load_raw_cs(const bf16* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
 
 // packs per lane held in registers through the row (dout, inp and dinp): C = 768 read once; channels
-// past 3 * 32 * 8 are re-read (from L1/L2). 3 keeps the kernel at 4 blocks (32 warps) per SM.
+// past 3 * 32 * 8 are re-read (from L1/L2)
 #define LN_CACHED 3
+// blocks of 256 per SM the register budget allows (layernorm.py launches that many per SM). On an
+// H100 at d12, B=16: 2 (90 registers) 40 us, 4 (64 registers, spilling) 62 us, the first version's
+// 167 registers (1 block) 84 us.
+#define LN_MIN_BLOCKS 2
 
 // Backward, part 1. Each warp walks rows (stride: all warps of the grid): dinp += the row's input
 // gradient, and the warp's own slice of dynamic shared memory (2*C floats: dweight then dbias,
 // channel-interleaved) accumulates its rows in order. The block then sums its warps in order into
 // scratch[blockIdx.x] (2*C floats); part 2 sums the blocks in order. Deterministic throughout.
-extern "C" __global__ void __launch_bounds__(256, 4)
+extern "C" __global__ void __launch_bounds__(256, LN_MIN_BLOCKS)
 layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp, const bf16* weight,
                    const float* mean, const float* rstd, int N, int C) {
     extern __shared__ float acc[];  // (warps, 2*C)

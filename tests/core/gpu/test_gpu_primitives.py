@@ -270,6 +270,22 @@ def test_adamw_decays_only_the_given_spans(rng):
         np.testing.assert_allclose(host(got), ref, rtol=1e-5, atol=1e-7, err_msg=what)
 
 
+@pytest.mark.parametrize("norm_sq", [4.0, 0.25, np.nan])
+def test_adamw_clips_by_the_device_norm_like_the_cpu(rng, norm_sq):
+    n = 1003
+    master0, grad = rng.standard_normal(n).astype(np.float32), rand(rng, n)
+    m0, v0 = rng.standard_normal(n).astype(np.float32), rng.random(n).astype(np.float32)
+    param, master, m, v = dev(master0), cp.asarray(master0), cp.asarray(m0), cp.asarray(v0)
+    args = dict(ADAM, grad_scale=1.0)
+    gpu.adamw_update(param, dev(grad), m, v, master, step=2, seed=1, norm_squared=cp.array([norm_sq], cp.float32),
+                     **args)
+    want = [master0.copy(), m0.copy(), v0.copy()]
+    cpu.adamw_update(want[0], grad, want[1], want[2], None, step=2, seed=1,
+                     norm_squared=np.array([norm_sq], np.float32), **args)
+    for got, ref, what in zip((master, m, v), want, ("master", "m", "v")):
+        np.testing.assert_allclose(host(got), ref, rtol=1e-5, atol=1e-7, err_msg=what)
+
+
 def test_adamw_stochastic_rounding(rng):
     n = 1 << 17
     p0, grad = rand(rng, n), rand(rng, n)
