@@ -16,10 +16,28 @@ import numpy as np
 from llmc.core.gpu.cublaslt import gemm
 from llmc.core.gpu.runtime import BF16, check, check_arrays, launch, scratch, stream
 
-try:
-    import cudnn
-except (ImportError, OSError):  # not installed, or its libcudnn missing
-    cudnn = None
+
+def _import_cudnn():
+    """nvidia-cudnn-frontend, or None where it or its libcudnn is missing. Its import also imports
+    torch when installed (about 5 s of train-gpu's start-up in a cProfile on the device machine), for
+    torch tensors llmc never passes: the first try hides torch (unless something loaded it already),
+    a second try imports as usual."""
+    tries = (True, False) if "torch" not in sys.modules else (False,)
+    for hide_torch in tries:
+        if hide_torch:
+            sys.modules["torch"] = None  # `import torch` then raises ImportError, which cudnn tolerates
+        try:
+            import cudnn
+            return cudnn
+        except (ImportError, OSError):
+            continue
+        finally:
+            if hide_torch:
+                del sys.modules["torch"]
+    return None
+
+
+cudnn = _import_cudnn()
 
 BACKEND = "cudnn" if cudnn is not None else "fallback"  # tests switch this to check the fallback
 
