@@ -464,7 +464,8 @@ class Trainer:
             eta = (total_time / (steps_run - 1) if steps_run > 1 else dt) * (self.num_steps - self.step - 1)
             mfu = ""
             if self.promised_flops is not None:  # llm.c's bf16 MFU from this step's time (-100% on an unknown GPU)
-                mfu = f"{self.flops_per_step / dt / self.promised_flops * 100 if self.promised_flops > 0 else -100:.1f}% bf16 MFU | "
+                fraction = self.flops_per_step / dt / self.promised_flops if self.promised_flops > 0 else -1.0
+                mfu = f"{100 * fraction:.1f}% bf16 MFU | "
             self.out(f"step {self.step + 1:4d}/{self.num_steps} | loss {loss:7.6f} ({zloss:+.2f}z)| "
                      f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu}{tps:.0f} tok/s | "
                      f"ETA {_duration(eta)}")

@@ -133,6 +133,18 @@ def test_step_line_mfu_column(tiny, monkeypatch, promised):
             assert float(mfu[2]) == pytest.approx(want, rel=0.02, abs=0.1)
 
 
+def test_update_queued_before_the_read_back_matches_the_host_ordered_one(tiny, tmp_path):
+    """Without -sl/-sg the update is queued before the host reads the norm (clipped from the backend's
+    own norm); with them (thresholds never reached) the host clips: same training either way."""
+    runs = {}
+    for name, extra in (("device", []), ("host", ["-sl", "1000", "-sg", "1000"])):
+        out = tmp_path / name
+        result = run(*train_args(tiny, "-x", "6", "-v", "3", "-m", "1", "-l", "3e-2", "-o", str(out), *extra))
+        assert result.exit_code == 0, result.output
+        runs[name] = (out / "main.log").read_text()
+    assert "norm:" in runs["device"] and runs["device"] == runs["host"]
+
+
 def test_train_cpu_gradient_accumulation_and_schedule(tiny):
     result = run(*train_args(tiny, "-x", "4", "-d", "32", "-v", "100", "-m", "1", "-k", "linear", "-l", "1e-3",
                              "-u", "2", "-q", "0.0"))
