@@ -72,14 +72,18 @@ def adamw_update(param, grad, m, v, master, lr, beta1, beta2, eps, weight_decay,
         grad_scale *= max_norm / norm if norm > max_norm else 1.0
     target = param if master is None else master
     flat = [a.reshape(-1) for a in (target, grad, m, v)]
-    args = (lr, beta1, beta2, eps, 1.0 - beta1 ** step, 1.0 - beta2 ** step, grad_scale)
+    bc1, bc2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
+
+    def run(lo: int, hi: int, wd: float) -> None:
+        _adamw_chunks(lo, hi, *flat, lr, beta1, beta2, eps, wd, bc1, bc2, grad_scale)
+
     jobs = []
     for lo, hi, wd in _segments(flat[0].size, weight_decay, decayed):
         if hi - lo < 4 * CHUNK:  # small: here; large: halves on the two threads
-            _adamw_chunks(lo, hi, *flat, *args[:4], wd, *args[4:])
+            run(lo, hi, wd)
             continue
         half = lo + ((hi - lo) // 2 + CHUNK - 1) // CHUNK * CHUNK
-        jobs += [_pool.submit(_adamw_chunks, a, b, *flat, *args[:4], wd, *args[4:]) for a, b in ((lo, half), (half, hi))]
+        jobs += [_pool.submit(run, lo, half, wd), _pool.submit(run, half, hi, wd)]
     for j in jobs:
         j.result()
     if master is not None:
