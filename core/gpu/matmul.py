@@ -10,8 +10,8 @@ Side by side won 8% for the classifier at B=64 on an H100 and lost 4% at B=16.""
 import numpy as np
 
 from llmc.core.gpu.cublaslt import Epilogue, gemm
-from llmc.core.gpu.runtime import (BF16, NUM_SMS, cdiv, check, check_arrays, cp, fork, launch, rows, scratch,
-                                   side_stream, stream)
+from llmc.core.gpu.runtime import (BF16, NUM_SMS, cdiv, check, check_arrays, cp, launch, rows, scratch,
+                                   side_stream, stream, wait_for)
 
 TIMING_RUNS = 5
 _side_by_side: dict[tuple, bool] = {}  # per backward shape: run the weight gradient on the side stream
@@ -62,10 +62,10 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> N
 
     key = (N, C, OC, pre_gelu is not None, dbias is not None)
     if _side_by_side.get(key):
-        fork(side_stream, stream)
+        wait_for(side_stream, stream)
         weight_grads(dweight.data.ptr, dbias, side_stream)
         input_grad()
-        fork(stream, side_stream)  # join
+        wait_for(stream, side_stream)
         return
     # dinp last: the next layer's backward reads it right away, from L2 if nothing evicted it
     weight_grads(dweight.data.ptr, dbias, stream)
@@ -86,11 +86,11 @@ def _faster_side_by_side(weight_grads, input_grad, dweight, dbias) -> bool:
         start.record(stream)
         for _ in range(TIMING_RUNS):
             if side_by_side:
-                fork(side_stream, stream)
+                wait_for(side_stream, stream)
             weight_grads(trial_w.data.ptr, trial_b, side_stream if side_by_side else stream)
             input_grad()
             if side_by_side:
-                fork(stream, side_stream)
+                wait_for(stream, side_stream)
         end.record(stream)
         end.synchronize()
         ms.append(cp.cuda.get_elapsed_time(start, end))

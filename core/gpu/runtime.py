@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from llmc.core.errors import LlmcError
+from llmc.core.mfu import promised_bf16_flops
 
 try:
     import cupy as cp
@@ -45,11 +46,12 @@ stream.use()
 side_stream = cp.cuda.Stream(non_blocking=True)
 
 
-def fork(to: "cp.cuda.Stream", after: "cp.cuda.Stream") -> None:
-    """Make `to` wait for the work queued so far on `after` (an event between them, capturable)."""
+def wait_for(waiter: "cp.cuda.Stream", other: "cp.cuda.Stream") -> None:
+    """Make `waiter` wait for the work queued so far on `other` (an event between them, capturable):
+    the fork to the side stream and the join back."""
     event = cp.cuda.Event(disable_timing=True)
-    event.record(after)
-    to.wait_event(event)
+    event.record(other)
+    waiter.wait_event(event)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -158,16 +160,9 @@ def synchronize() -> None:
     stream.synchronize()
 
 
-# dense bf16 tensor-core FLOP/s by device name, llm.c's table (llmc/mfu.h: H100 PCIe 756 TFLOP/s, scaled
-# by tensor cores and clock for the SXM part); first match wins
-PROMISED_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
-                 ("A100", 312e12))
-
-
 def promised_flops() -> float:
-    """The device's dense bf16 FLOP/s (llm.c's MFU denominator), -1 when unknown (llm.c prints -100%)."""
-    name = cp.cuda.runtime.getDeviceProperties(DEVICE.id)["name"].decode()
-    return next((flops for key, flops in PROMISED_BF16 if key in name), -1.0)
+    """This device's dense bf16 FLOP/s (llm.c's MFU denominator), -1 when unknown (llm.c prints -100%)."""
+    return promised_bf16_flops(cp.cuda.runtime.getDeviceProperties(DEVICE.id)["name"].decode())
 
 
 def graph(fn: Callable[[], None]) -> Callable[[], None]:

@@ -22,9 +22,6 @@ from types import SimpleNamespace
 
 import numpy as np
 
-PROMISED_BF16 = 989.4e12  # H100 / H200 SXM dense bf16 tensor-core FLOP/s
-
-
 def batches(cfg, B: int, T: int, n: int) -> list:
     rng = np.random.default_rng(0)
     return [rng.integers(0, cfg.vocab_size, (2, B, T)).astype(np.int32) for _ in range(n)]
@@ -184,7 +181,7 @@ def child(which: str, model: str, B: int, T: int, warmup: int, steps: int, profi
     r = bench_llmc(model, B, T, warmup, steps, gelu_fusion) if which == "llmc" else bench_torch(model, B, T, warmup, steps)
     dt = float(np.median(r["times"]))
     tok_s = B * T / dt
-    out = {"ms": dt * 1e3, "tok_s": tok_s, "mfu": tok_s * flops_per_token(r["cfg"], T) / PROMISED_BF16,
+    out = {"ms": dt * 1e3, "tok_s": tok_s, "flops_per_s": tok_s * flops_per_token(r["cfg"], T),
            "mem_mib": r["mem_mib"], "first_loss": r["losses"][0], "last_loss": r["losses"][-1],
            "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3}
     if profile and which == "llmc":
@@ -207,7 +204,10 @@ def main() -> None:
     if args.child:
         return child(args.child, args.e, args.b[0], args.t, args.warmup, args.steps, args.profile, args.ge)
     import cupy as cp
+    from llmc.core.mfu import promised_bf16_flops
+
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    promised = promised_bf16_flops(device)
     sides = [args.only] if args.only else ["llmc", "torch"]
     rows = []
     for B in args.b:
@@ -224,6 +224,7 @@ def main() -> None:
                 continue
             results[which] = json.loads(proc.stdout.strip().splitlines()[-1])
             r = results[which]
+            r["mfu"] = r["flops_per_s"] / promised if promised > 0 else -1.0  # llm.c's -100% when unknown
             print(f"{which:5s} B={B:3d}: {r['ms']:8.2f} ms/step {r['tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
                   f"mem {r['mem_mib'] / 1024:5.2f} GiB  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
                   f"(spread {r['spread_ms']:.2f} ms)", flush=True)

@@ -1,6 +1,7 @@
 // AdamW over a flat run of parameters in one launch: bf16 parameters and gradients, fp32 m and v,
-// optional fp32 master weights; weight decay only inside the given [start, stop) spans. Without master weights the new value is written to bf16 with stochastic
-// rounding, its random bits a hash of (element index, seed): reproducible for a given seed.
+// optional fp32 master weights; weight decay only inside the given [start, stop) spans. Without
+// master weights the new value is written to bf16 with stochastic rounding, its random bits a hash
+// of (element index, seed): reproducible for a given seed.
 #include "common.cuh"
 
 // fp32 -> bf16, rounding up with probability equal to the dropped fraction
