@@ -87,7 +87,6 @@ class GPT:
             "lnf": ((B, T, C), dt), "lnf_mean": ((B, T), f32), "lnf_rstd": ((B, T), f32),
             "logits": ((B, T, Vp), dt),  # becomes dlogits in a training forward
             "losses": ((B, T), f32),
-            "btc": ((B, T, C), dt),  # scratch: a projection's output before the residual add
             # backward scratch
             "dresidual": ((B, T, C), dt), "dbtc": ((B, T, C), dt), "dbt4c": ((B, T, 4 * C), dt),
         }
@@ -114,22 +113,21 @@ class GPT:
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             k.matmul_forward(a["qkv"][l], self._ln("ln1", l), p["qkvw"][l], p["qkvb"][l])
             k.attention_forward(a["atty"][l], a["att"][l], a["qkv"][l], NH)
-            k.matmul_forward(a["btc"], a["atty"][l], p["attprojw"][l], p["attprojb"][l])
-            k.residual_layernorm_forward(a["residual2"][l], self._ln("ln2", l), a["ln2_mean"][l], a["ln2_rstd"][l],
-                                         residual, a["btc"], p["ln2w"][l], p["ln2b"][l])
+            k.matmul_forward(a["residual2"][l], a["atty"][l], p["attprojw"][l], p["attprojb"][l], residual=residual)
+            k.layernorm_forward(self._ln("ln2", l), a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l],
+                                p["ln2w"][l], p["ln2b"][l])
             if self.gelu_fusion >= 1:
                 k.matmul_forward(self._gelu(l), self._ln("ln2", l), p["fcw"][l], p["fcb"][l], pre_gelu=a["fch"][l])
             else:
                 k.matmul_forward(a["fch"][l], self._ln("ln2", l), p["fcw"][l], p["fcb"][l])
                 k.gelu_forward(self._gelu(l), a["fch"][l])
-            k.matmul_forward(a["btc"], self._gelu(l), p["fcprojw"][l], p["fcprojb"][l])
+            k.matmul_forward(a["residual3"][l], self._gelu(l), p["fcprojw"][l], p["fcprojb"][l],
+                             residual=a["residual2"][l])
             if l + 1 < L:
-                k.residual_layernorm_forward(a["residual3"][l], self._ln("ln1", l + 1), a["ln1_mean"][l + 1],
-                                             a["ln1_rstd"][l + 1], a["residual2"][l], a["btc"],
-                                             p["ln1w"][l + 1], p["ln1b"][l + 1])
+                k.layernorm_forward(self._ln("ln1", l + 1), a["ln1_mean"][l + 1], a["ln1_rstd"][l + 1],
+                                    a["residual3"][l], p["ln1w"][l + 1], p["ln1b"][l + 1])
             else:
-                k.residual_layernorm_forward(a["residual3"][l], a["lnf"], a["lnf_mean"], a["lnf_rstd"],
-                                             a["residual2"][l], a["btc"], p["lnfw"], p["lnfb"])
+                k.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["residual3"][l], p["lnfw"], p["lnfb"])
         k.matmul_forward(a["logits"], a["lnf"], p["wte"], None)  # (B, T, Vp), tied weights
         if with_targets:
             k.softmax_crossentropy(a["losses"], a["logits"], self.targets, cfg.vocab_size, dloss)
@@ -144,8 +142,10 @@ class GPT:
         dqkv = dbt4c.reshape(-1)[: B * T * 3 * C].reshape(B, T, 3 * C)  # shares the 4C scratch
         dresidual.fill(0)
         k.matmul_backward(dbtc, g["wte"], None, a["logits"], a["lnf"], p["wte"])
+        # each residual-stream layernorm backward also sums the projection bias gradient of the
+        # residual add before it (the gradients of residual3 and residual2 are those biases' outputs')
         k.layernorm_backward(dresidual, g["lnfw"], g["lnfb"], dbtc, a["residual3"][L - 1], p["lnfw"],
-                             a["lnf_mean"], a["lnf_rstd"])
+                             a["lnf_mean"], a["lnf_rstd"], dproj_bias=g["fcprojb"][L - 1])
         for l in reversed(range(L)):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             ln1, ln2 = self._ln("ln1", l), self._ln("ln2", l)
@@ -155,19 +155,19 @@ class GPT:
             if self.recompute >= 1:
                 k.gelu_forward(self._gelu(l), a["fch"][l])
             if self.gelu_fusion >= 2:
-                k.matmul_backward(dbt4c, g["fcprojw"][l], g["fcprojb"][l], dresidual, self._gelu(l), p["fcprojw"][l],
+                k.matmul_backward(dbt4c, g["fcprojw"][l], None, dresidual, self._gelu(l), p["fcprojw"][l],
                                   pre_gelu=a["fch"][l])
             else:
-                k.matmul_backward(dbt4c, g["fcprojw"][l], g["fcprojb"][l], dresidual, self._gelu(l), p["fcprojw"][l])
+                k.matmul_backward(dbt4c, g["fcprojw"][l], None, dresidual, self._gelu(l), p["fcprojw"][l])
                 k.gelu_backward(dbt4c, a["fch"][l], dbt4c)
             k.matmul_backward(dbtc, g["fcw"][l], g["fcb"][l], dbt4c, ln2, p["fcw"][l])
             k.layernorm_backward(dresidual, g["ln2w"][l], g["ln2b"][l], dbtc, a["residual2"][l], p["ln2w"][l],
-                                 a["ln2_mean"][l], a["ln2_rstd"][l])
-            k.matmul_backward(dbtc, g["attprojw"][l], g["attprojb"][l], dresidual, a["atty"][l], p["attprojw"][l])
+                                 a["ln2_mean"][l], a["ln2_rstd"][l], dproj_bias=g["attprojb"][l])
+            k.matmul_backward(dbtc, g["attprojw"][l], None, dresidual, a["atty"][l], p["attprojw"][l])
             k.attention_backward(dqkv, dbtc, a["qkv"][l], a["atty"][l], a["att"][l], NH)
             k.matmul_backward(dbtc, g["qkvw"][l], g["qkvb"][l], dqkv, ln1, p["qkvw"][l])
             k.layernorm_backward(dresidual, g["ln1w"][l], g["ln1b"][l], dbtc, residual, p["ln1w"][l],
-                                 a["ln1_mean"][l], a["ln1_rstd"][l])
+                                 a["ln1_mean"][l], a["ln1_rstd"][l], dproj_bias=g["fcprojb"][l - 1] if l else None)
         k.encoder_backward(g["wte"], g["wpe"], dresidual, self.inputs)
 
     # ------------------------------------------------------------------ optimizer

@@ -22,6 +22,7 @@ class Primitives(Protocol):
     name: str  # "cpu" or "gpu"
     xp: Any  # the array module: numpy or cupy
     act_dtype: Any  # dtype of parameters, gradients and activations
+    asynchronous: bool  # calls return before their work is done (GPU: queued on a stream)
 
     def to_device(self, host: Array, dtype: Any = None) -> Array:
         """Copy a NumPy array to the backend (converting to dtype, default: same dtype)."""
@@ -31,6 +32,11 @@ class Primitives(Protocol):
 
     def synchronize(self) -> None:
         """Wait for all queued work (no-op on CPU)."""
+
+    def fetch(self, *arrays: Array) -> Callable[[], list[Any]]:
+        """Queue copies of the arrays to the host at this point of the work; the returned callable
+        waits for them and gives NumPy arrays of the arrays' dtypes. Later work may overwrite the
+        arrays meanwhile (the loop reads a step's losses back while the next step runs)."""
 
     def graph(self, fn: Callable[[], None]) -> Callable[[], None]:
         """A callable doing what fn() does. The GPU captures fn once as a CUDA graph and replays it,
@@ -58,18 +64,17 @@ class Primitives(Protocol):
     def residual_forward(self, out: Array, inp1: Array, inp2: Array) -> None:
         """out = inp1 + inp2."""
 
-    def residual_layernorm_forward(self, residual: Array, out: Array, mean: Array, rstd: Array,
-                                   inp1: Array, inp2: Array, weight: Array, bias: Array) -> None:
-        """residual = inp1 + inp2, then layernorm_forward(out, mean, rstd, residual, weight, bias)."""
-
     def layernorm_backward(self, dinp: Array, dweight: Array, dbias: Array, dout: Array, inp: Array,
-                           weight: Array, mean: Array, rstd: Array) -> None:
-        """dinp += dL/dinp; dweight += ...; dbias += ... (all accumulate)."""
+                           weight: Array, mean: Array, rstd: Array, dproj_bias: Array | None = None) -> None:
+        """dinp += dL/dinp; dweight += ...; dbias += ... (all accumulate). dinp is the residual stream's
+        gradient: with dproj_bias, also dproj_bias += the updated dinp summed over (B,T), the bias
+        gradient of the projection whose output was added into that residual."""
 
     def matmul_forward(self, out: Array, inp: Array, weight: Array, bias: Array | None,
-                       pre_gelu: Array | None = None) -> None:
+                       pre_gelu: Array | None = None, residual: Array | None = None) -> None:
         """out (N,OC) = inp (N,C) @ weight(OC,C).T + bias(OC) (N = B*T; bias may be None).
-        With pre_gelu: pre_gelu = that product and out = gelu(pre_gelu) (the fused epilogue)."""
+        With pre_gelu: pre_gelu = that product and out = gelu(pre_gelu) (the fused epilogue).
+        With residual (N,OC) (not with pre_gelu): out = residual + that product (the residual add)."""
 
     def matmul_backward(self, dinp: Array, dweight: Array, dbias: Array | None, dout: Array, inp: Array,
                         weight: Array, pre_gelu: Array | None = None) -> None:

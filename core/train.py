@@ -81,6 +81,45 @@ class TrainConfig:
     zero_stage: int = 0  # -z: 1 shards the optimizer state over the processes (ZeRO-1)
 
 
+@dataclass
+class QueuedStep:
+    """A step whose work is queued: its losses and norm come back through `fetched`."""
+    step: int  # 0-based
+    lr: float
+    loader_state: dict  # the train loader at the step's start
+    update_queued: bool  # AdamW queued on the device (else the host decides it after the read-back)
+    fetched: Callable[[], list[np.ndarray]]
+
+
+class StepTimer:
+    """Step times from one read-back to the next; llm.c's tok/s (a bias-corrected EMA after the first
+    step, which is warmup) and bf16 MFU column."""
+
+    def __init__(self, tokens_per_step: int, flops_per_step: float, promised_flops: float | None):
+        self.tokens, self.flops, self.promised = tokens_per_step, flops_per_step, promised_flops
+        self.since: float | None = None  # when the step being timed began
+        self.total, self.steps_run, self.ema_tps = 0.0, 0, 0.0
+
+    def lap(self) -> tuple[float, float, str]:
+        """(dt, tok/s, MFU column) of the step that ends now."""
+        now = time.perf_counter()
+        dt, self.since = now - self.since, now
+        tps = self.tokens / dt
+        if self.steps_run > 0:  # this process's first step is warmup (llm.c: step 0)
+            self.total += dt
+            self.ema_tps = 0.95 * self.ema_tps + 0.05 * tps
+            tps = self.ema_tps / (1.0 - 0.95 ** self.steps_run)
+        self.steps_run += 1
+        mfu = ""
+        if self.promised is not None:  # llm.c's bf16 MFU from this step's time (-100% on an unknown GPU)
+            fraction = self.flops / dt / self.promised if self.promised > 0 else -1.0
+            mfu = f"{100 * fraction:.1f}% bf16 MFU | "
+        return dt, tps, mfu
+
+    def eta(self, steps_left: int, dt: float) -> float:
+        return (self.total / (self.steps_run - 1) if self.steps_run > 1 else dt) * steps_left
+
+
 def print_table(rows: list[tuple[str, object]], out: Callable[[str], None]) -> None:
     line = "+-----------------------+----------------------------------------------------+"
     out(line)
@@ -159,6 +198,7 @@ class Trainer:
         self.step_losses = backend.xp.zeros((self.grad_accum, cfg.B, cfg.T), dtype=np.float32)
         self.promised_flops = backend.promised_flops()  # None: no MFU column (the CPU)
         self.flops_per_step = flops_per_token(model_cfg, cfg.T) * total // self.group.world  # one process's
+        self.timer = StepTimer(total, self.flops_per_step, self.promised_flops)
         self.log_path = self._open_output_dir(resume_step)  # last: a failed start leaves -o untouched
 
     # ------------------------------------------------------------------ output dir, checkpoints, resume
@@ -378,12 +418,11 @@ class Trainer:
             total += self.model.mean_loss()
         return self.group.host_reduce([total / self.val_steps])[0] / self.group.world
 
-    def optimizer_step(self) -> tuple[float, float, float, float, float]:
-        """One step of grad_accum micro-batches and the update: (loss, loss z, norm, norm z, lr). The
-        host waits once, for the losses and the norm; without -sl/-sg the update is queued before
-        that, so the GPU never waits for the host's read-back."""
+    def _queue_micro_steps(self) -> dict:
+        """Queue the grad_accum forward/backward passes of the next step and its gradient norm; the
+        loader's state at the step's start (for a checkpoint if the step fails)."""
         c, model = self.cfg, self.model
-        loader_state = self.train_loader.state()  # this step boundary's, for a checkpoint if the step fails
+        loader_state = self.train_loader.state()
         if c.overfit_single_batch:
             self.train_loader.reset()
         model.zero_grad()
@@ -395,33 +434,47 @@ class Trainer:
             self.step_losses[micro][...] = model.acts["losses"]  # read back with the norm, once per step
         model.reduce_gradients()
         model.compute_grad_norm()
-        lr = learning_rate(c.schedule, self.step, c.lr, c.warmup, self.num_steps, c.final_lr_frac)
-        adamw = (lr, 0.9, 0.95, 1e-8, c.weight_decay, self.step + 1)
-        seed = self.step * 1000003 + 1
-        host_decides = c.skip_loss_z or c.skip_grad_z  # the z-scores need the loss and norm on the host first
-        if not host_decides:  # queued now, clipped to norm 1.0 on the device, skipped there if the norm is not finite
-            model.update(*adamw, seed=seed, clip_to=1.0)
-        loss = float(self.backend.to_host(self.step_losses).mean())
-        loss = self.group.host_reduce([loss])[0] / self.group.world
-        norm = model.grad_norm()
+        return loader_state
+
+    def _adamw(self, step: int) -> tuple[float, ...]:
+        """AdamW's (lr, beta1, beta2, eps, weight decay, t) for the 0-based step."""
+        lr = learning_rate(self.cfg.schedule, step, self.cfg.lr, self.cfg.warmup, self.num_steps, self.cfg.final_lr_frac)
+        return lr, 0.9, 0.95, 1e-8, self.cfg.weight_decay, step + 1
+
+    def _queue_update(self, step: int, loader_state: dict) -> QueuedStep:
+        """Queue the step's AdamW, clipped to norm 1.0 on the device and skipped there if the norm is
+        not finite, then the read-back of its losses and norm."""
+        adamw = self._adamw(step)
+        self.model.update(*adamw, seed=step * 1000003 + 1, clip_to=1.0)
+        return QueuedStep(step, adamw[0], loader_state, True,
+                          self.backend.fetch(self.step_losses, self.model.norm_squared))
+
+    def finish_step(self, queued: QueuedStep) -> tuple[float, float, float, float, float]:
+        """Wait for a queued step's losses and norm: (loss, loss z, norm, norm z, lr). Under -sl/-sg
+        the host decides the update here, after the read-back; otherwise it was queued before."""
+        c, model = self.cfg, self.model
+        losses, norm_squared = queued.fetched()
+        loss = self.group.host_reduce([float(losses.mean())])[0] / self.group.world
+        norm = float(np.sqrt(norm_squared[0]))
         if not (math.isfinite(loss) and math.isfinite(norm)):  # stop before the update spoils the state
             where = ""
+            self.step = queued.step  # the boundary before it: the device skipped its update, none later is queued
             if self.log_path is not None:
-                self.save_checkpoint(loader_state)
+                self.save_checkpoint(queued.loader_state)
                 where = f"; the checkpoint of step {self.step} in {c.output_dir} holds the last good state"
             raise LlmcError(f"loss {loss}, gradient norm {norm} at step {self.step + 1}: stopped before "
                             f"the update{where}")
         zloss = self.loss_detector.update(loss)
         zgrad = self.grad_detector.update(norm)
-        if host_decides:
+        if not queued.update_queued:
             if math.isfinite(zloss) and c.skip_loss_z and zloss > c.skip_loss_z:
                 self.out(f"skipping update due to loss z-score of {zloss:f}")
             elif math.isfinite(zgrad) and c.skip_grad_z and zgrad > c.skip_grad_z:
                 self.out(f"skipping update due to grad z-score of {zgrad:f}")
             else:
                 grad_scale = 1.0 / norm if norm > 1.0 else 1.0  # clip to global norm 1.0
-                model.update(*adamw, grad_scale, seed=seed)
-        return loss, zloss, norm, zgrad, lr
+                model.update(*self._adamw(queued.step), grad_scale, seed=queued.step * 1000003 + 1)
+        return loss, zloss, norm, zgrad, queued.lr
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -430,69 +483,81 @@ class Trainer:
             self._loop()
 
     def _loop(self) -> None:
+        """Steps until max_steps. On a device that queues work (and without -sl/-sg, whose z-scores the
+        host needs before the update) the host stays a step ahead: it queues step s+1's forward and
+        backward, then reads step s back and prints it while the device computes, then queues step
+        s+1's update; the device never waits for the host between steps. Step boundaries with work to
+        do (evaluations, samples, checkpoints, a stop) first wait for the step in flight."""
         c = self.cfg
-        tokens_per_step = self.total_batch
-        ema_tps, total_time, steps_run = 0.0, 0.0, 0
-        since = None  # when the step being timed began: the last read-back, or the end of boundary work
+        host_decides = bool(c.skip_loss_z or c.skip_grad_z)
+        ahead = self.backend.asynchronous and not host_decides
+        in_flight: QueuedStep | None = None
         while True:
             last = self.step == self.num_steps
             if self.group.world > 1:  # a signal reaches the ranks at different steps: stop together
                 stop = int(self.group.host_reduce([self.stop_signal or 0], "max")[0])
                 self.stop_signal = stop or None
+            jobs = self._boundary_jobs(last)
+            if in_flight is not None and (jobs or last or self.stop_signal is not None):
+                self._report(in_flight)
+                in_flight = None
             if self.stop_signal is not None and not last:
                 if self.step != self.last_checkpoint:
                     self.save_checkpoint()
                 self.out(f"stopped by {signal.Signals(self.stop_signal).name} at step {self.step}; "
                          f"continue with -y 1 -o {c.output_dir}")
                 return
-            if self._boundary_work(last) or since is None:
+            if jobs or self.timer.since is None:
+                for job in jobs:
+                    job()
                 self.backend.synchronize()  # time the next step from here, not from before the evaluations
-                since = time.perf_counter()
+                self.timer.since = time.perf_counter()
             if last:
                 break
-            loss, zloss, norm, zgrad, lr = self.optimizer_step()
-            # steps meet at the read-back of loss and norm: one step's time spans its forward/backward
-            # and the previous step's update (queued, it runs while the host prints)
-            now = time.perf_counter()
-            dt, since = now - since, now
-            tps = tokens_per_step / dt
-            if steps_run > 0:  # this process's first step is warmup (llm.c: step 0)
-                total_time += dt
-                ema_tps = 0.95 * ema_tps + 0.05 * tps
-                tps = ema_tps / (1.0 - 0.95 ** steps_run)
-            steps_run += 1
-            eta = (total_time / (steps_run - 1) if steps_run > 1 else dt) * (self.num_steps - self.step - 1)
-            mfu = ""
-            if self.promised_flops is not None:  # llm.c's bf16 MFU from this step's time (-100% on an unknown GPU)
-                fraction = self.flops_per_step / dt / self.promised_flops if self.promised_flops > 0 else -1.0
-                mfu = f"{100 * fraction:.1f}% bf16 MFU | "
-            self.out(f"step {self.step + 1:4d}/{self.num_steps} | loss {loss:7.6f} ({zloss:+.2f}z)| "
-                     f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu}{tps:.0f} tok/s | "
-                     f"ETA {_duration(eta)}")
-            self.log(f"s:{self.step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
-            self.step += 1
-        if steps_run > 1:
-            self.out(f"total average iteration time: {total_time / (steps_run - 1) * 1000:f} ms")
+            loader_state = self._queue_micro_steps()
+            if ahead:
+                if in_flight is not None:  # the step before, read back while the device runs this one
+                    self._report(in_flight)
+                in_flight = self._queue_update(self.step, loader_state)
+            elif host_decides:
+                self._report(QueuedStep(self.step, self._adamw(self.step)[0], loader_state, False,
+                                        self.backend.fetch(self.step_losses, self.model.norm_squared)))
+            else:
+                self._report(self._queue_update(self.step, loader_state))
+            self.step += 1  # the boundary the queued updates reach
+        if self.timer.steps_run > 1:
+            self.out(f"total average iteration time: {self.timer.total / (self.timer.steps_run - 1) * 1000:f} ms")
 
-    def _boundary_work(self, last: bool) -> bool:
-        """Validation, HellaSwag, a sample and a checkpoint where this step boundary is due one (as
-        llm.c); whether any ran."""
-        c, ran = self.cfg, False
+    def _report(self, queued: QueuedStep) -> None:
+        """Finish a queued step and print its line: the step ends at its read-back."""
+        loss, zloss, norm, zgrad, lr = self.finish_step(queued)
+        dt, tps, mfu = self.timer.lap()
+        eta = self.timer.eta(self.num_steps - queued.step - 1, dt)
+        self.out(f"step {queued.step + 1:4d}/{self.num_steps} | loss {loss:7.6f} ({zloss:+.2f}z)| "
+                 f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu}{tps:.0f} tok/s | "
+                 f"ETA {_duration(eta)}")
+        self.log(f"s:{queued.step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
+
+    def _boundary_jobs(self, last: bool) -> list[Callable[[], None]]:
+        """What this step boundary is due (as llm.c): validation, HellaSwag, a sample, a checkpoint."""
+        c, jobs = self.cfg, []
         if self.step % c.val_every == 0 or last:
-            val = self.validate()
-            self.out(f"val loss {val:f}")
-            self.log(f"s:{self.step} tel:{val:.4f}")
-            ran = True
+            jobs.append(self._validate_and_print)
         if self.hellaswag is not None and ((self.step > 0 and self.step % c.val_every == 0) or last):
-            acc = evaluate(self.model, self.hellaswag)
-            self.out(f"HellaSwag: {round(acc * len(self.hellaswag))}/{len(self.hellaswag)} = {acc:f}")
-            self.log(f"s:{self.step} eval:{acc:.4f}")
-            ran = True
+            jobs.append(self._hellaswag_and_print)
         if self.sample_every > 0 and ((self.step > 0 and self.step % self.sample_every == 0) or last):
-            self.sample()
-            ran = True
+            jobs.append(self.sample)
         if (self.log_path is not None and c.checkpoint_every > 0 and self.step != self.last_checkpoint
                 and ((self.step > 0 and self.step % c.checkpoint_every == 0) or last)):
-            self.save_checkpoint()
-            ran = True
-        return ran
+            jobs.append(self.save_checkpoint)
+        return jobs
+
+    def _validate_and_print(self) -> None:
+        val = self.validate()
+        self.out(f"val loss {val:f}")
+        self.log(f"s:{self.step} tel:{val:.4f}")
+
+    def _hellaswag_and_print(self) -> None:
+        acc = evaluate(self.model, self.hellaswag)
+        self.out(f"HellaSwag: {round(acc * len(self.hellaswag))}/{len(self.hellaswag)} = {acc:f}")
+        self.log(f"s:{self.step} eval:{acc:.4f}")

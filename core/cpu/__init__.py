@@ -7,12 +7,13 @@ import numpy as np
 from llmc.core.cpu.layers import (attention_backward, attention_forward, attention_stats_shape,
                                   encoder_backward, encoder_forward, gelu_backward, gelu_forward,
                                   layernorm_backward, layernorm_forward, matmul_backward, matmul_forward,
-                                  residual_forward, residual_layernorm_forward, softmax_crossentropy)
+                                  residual_forward, softmax_crossentropy)
 from llmc.core.cpu.optim import adamw_update, global_norm_squared
 
 name = "cpu"
 xp = np
 act_dtype = np.float32
+asynchronous = False
 
 
 def to_device(host, dtype=None):
@@ -27,6 +28,11 @@ def synchronize():
     pass
 
 
+def fetch(*arrays):
+    copies = [np.array(a) for a in arrays]
+    return lambda: copies
+
+
 def graph(fn: Callable[[], None]) -> Callable[[], None]:
     return fn
 
@@ -35,9 +41,10 @@ def promised_flops() -> float | None:
     return None  # no bf16 tensor cores: the step line has no MFU
 
 
-__all__ = ["name", "xp", "act_dtype", "to_device", "to_host", "synchronize", "graph", "promised_flops",
+__all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
+           "promised_flops",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward", "residual_forward",
-           "residual_layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
+           "layernorm_backward", "matmul_forward", "matmul_backward",
            "gelu_forward", "gelu_backward", "attention_forward", "attention_backward", "softmax_crossentropy",
            "global_norm_squared", "adamw_update"]

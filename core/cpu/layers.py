@@ -74,12 +74,7 @@ def residual_forward(out, inp1, inp2):
     np.add(inp1, inp2, out=out)
 
 
-def residual_layernorm_forward(residual, out, mean, rstd, inp1, inp2, weight, bias):
-    residual_forward(residual, inp1, inp2)
-    layernorm_forward(out, mean, rstd, residual, weight, bias)
-
-
-def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dproj_bias=None):
     C = inp.shape[-1]
     norm = scratch("ln_norm", inp.shape)
     np.subtract(inp, mean[..., None], out=norm)
@@ -96,15 +91,21 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     dnorm -= norm
     dnorm *= rstd[..., None]
     dinp += dnorm
+    if dproj_bias is not None:
+        dproj_bias += rows(dinp).sum(axis=0)
 
 
 # ----------------------------------------------------------------------------- matmul, gelu
 
-def matmul_forward(out, inp, weight, bias, pre_gelu=None):
+def matmul_forward(out, inp, weight, bias, pre_gelu=None, residual=None):
+    if pre_gelu is not None and residual is not None:
+        raise LlmcError("matmul_forward: a residual cannot follow the GELU")
     target = out if pre_gelu is None else pre_gelu
     np.matmul(rows(inp), weight.T, out=rows(target))  # (N, OC)
     if bias is not None:
         target += bias
+    if residual is not None:
+        target += residual
     if pre_gelu is not None:
         gelu_forward(out, pre_gelu)
 

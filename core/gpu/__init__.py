@@ -3,22 +3,25 @@
 llmc's own CUDA kernels (core/gpu/kernels). Implements core/primitives.py; importing it without
 CuPy or a GPU raises LlmcError, never a silent fall back to the CPU."""
 
-from llmc.core.gpu.runtime import BF16, cp, graph, promised_flops, synchronize, to_device, to_host  # runtime first: CuPy check
+from llmc.core.gpu.runtime import (BF16, cp, fetch, graph, promised_flops, synchronize, to_device,  # runtime first:
+                                   to_host)  # it checks for CuPy and a GPU
 from llmc.core.gpu.attention import attention_backward, attention_forward, attention_stats_shape
 from llmc.core.gpu.classifier import softmax_crossentropy
 from llmc.core.gpu.encoder import encoder_backward, encoder_forward
 from llmc.core.gpu.gelu import gelu_backward, gelu_forward
-from llmc.core.gpu.layernorm import layernorm_backward, layernorm_forward, residual_forward, residual_layernorm_forward
+from llmc.core.gpu.layernorm import layernorm_backward, layernorm_forward, residual_forward
 from llmc.core.gpu.matmul import matmul_backward, matmul_forward
 from llmc.core.gpu.optimizer import adamw_update, global_norm_squared
 
 name = "gpu"
 xp = cp
 act_dtype = BF16
+asynchronous = True
 
-__all__ = ["name", "xp", "act_dtype", "to_device", "to_host", "synchronize", "graph", "promised_flops",
+__all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
+           "promised_flops",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward", "residual_forward",
-           "residual_layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
+           "layernorm_backward", "matmul_forward", "matmul_backward",
            "gelu_forward", "gelu_backward", "attention_forward", "attention_backward", "softmax_crossentropy",
            "global_norm_squared", "adamw_update"]

@@ -1,12 +1,13 @@
-"""LayerNorm forward (alone and fused with the residual add), its backward, and the residual add
-(kernels/layernorm.cu, kernels/residual.cu)."""
+"""LayerNorm forward and backward, and the residual add (kernels/layernorm.cu, kernels/residual.cu).
+The model's residual adds go into the projections' GEMMs (matmul_forward's residual) and the
+projection bias gradients into layernorm backward (its dproj_bias), so neither costs a pass."""
 
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, NUM_SMS, cdiv, check, check_arrays, launch, rows, scratch
+from llmc.core.gpu.runtime import BF16, NUM_SMS, cdiv, check, check_arrays, launch, ptr, rows, scratch
 
 ROWS_PER_BLOCK = 8  # forward: one warp per row
-BWD_WARPS = 8  # backward: warps per block, each with 2*C floats of shared memory
+BWD_WARPS = 8  # backward: warps per block, each with 2*C (3*C with dproj_bias) floats of shared memory
 BWD_BLOCKS_PER_SM = 2  # kernels/layernorm.cu's LN_MIN_BLOCKS
 
 
@@ -37,26 +38,20 @@ def residual_forward(out, inp1, inp2) -> None:
     launch("residual", "residual_forward", cdiv(n8, 256), 256, (out, inp1, inp2, np.int64(n8)))
 
 
-def residual_layernorm_forward(residual, out, mean, rstd, inp1, inp2, weight, bias) -> None:
-    """residual = inp1 + inp2, then layernorm_forward(out, mean, rstd, residual, weight, bias)."""
-    N, C = _check("residual_layernorm_forward", out, mean, rstd, residual, weight, bias)
-    check_arrays("residual_layernorm_forward", BF16, inp1, inp2)
-    check(inp1.shape == inp2.shape == residual.shape, "residual_layernorm_forward: residual shapes differ")
-    launch("layernorm", "residual_layernorm_forward", cdiv(N, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK,
-           (residual, out, mean, rstd, inp1, inp2, weight, bias, np.int32(N), np.int32(C)))
-
-
-def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd) -> None:
-    """dinp += dL/dinp; dweight += ...; dbias += ... (all accumulate)."""
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dproj_bias=None) -> None:
+    """dinp += dL/dinp; dweight += ...; dbias += ... (all accumulate); with dproj_bias, also
+    dproj_bias += the updated dinp summed over rows."""
     N, C = _check("layernorm_backward", dout, mean, rstd, inp, weight, dbias)
-    check_arrays("layernorm_backward", BF16, dinp, dweight)
+    check_arrays("layernorm_backward", BF16, dinp, dweight, dproj_bias)
     check(dinp.shape == inp.shape and dweight.shape == (C,), "layernorm_backward: dinp/dweight shapes differ")
-    smem = BWD_WARPS * 2 * C * 4
+    check(dproj_bias is None or dproj_bias.shape == (C,), f"layernorm_backward: dproj_bias must be ({C},)")
+    sums = 2 if dproj_bias is None else 3
+    smem = BWD_WARPS * sums * C * 4
     check(smem <= 227 * 1024, f"layernorm_backward: channels {C} exceed shared memory")
     per_sm = max(1, min(BWD_BLOCKS_PER_SM, (227 * 1024) // (smem + 1024)))  # registers, shared memory
     blocks = max(1, min(cdiv(N, BWD_WARPS), NUM_SMS * per_sm))
-    partial = scratch("layernorm_partial", blocks * 2 * C * 4)
+    partial = scratch("layernorm_partial", blocks * sums * C * 4)
     launch("layernorm", "layernorm_backward", blocks, 32 * BWD_WARPS,
-           (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C)), shared_mem=smem)
-    launch("layernorm", "layernorm_backward_reduce", cdiv(2 * C, 32), (32, 8),
-           (dweight, dbias, partial, np.int32(blocks), np.int32(C)))
+           (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C), np.int32(sums)), shared_mem=smem)
+    launch("layernorm", "layernorm_backward_reduce", cdiv(sums * C, 32), (32, 8),
+           (dweight, dbias, ptr(dproj_bias), partial, np.int32(blocks), np.int32(C), np.int32(sums)))

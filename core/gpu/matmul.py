@@ -29,17 +29,21 @@ def _check_shapes(op: str, out, inp, weight, bias, pre_gelu) -> tuple[int, int, 
     return N, C, OC
 
 
-def matmul_forward(out, inp, weight, bias, pre_gelu=None) -> None:
-    """out (N,OC) = inp (N,C) @ weight(OC,C).T + bias; with pre_gelu, pre_gelu = that and out = gelu(it)."""
-    check_arrays("matmul_forward", BF16, out, inp, weight, bias, pre_gelu)
+def matmul_forward(out, inp, weight, bias, pre_gelu=None, residual=None) -> None:
+    """out (N,OC) = inp (N,C) @ weight(OC,C).T + bias; with pre_gelu, pre_gelu = that and out = gelu(it);
+    with residual, out = residual + that (cuBLASLt's C operand: the residual add costs no pass of its own)."""
+    check_arrays("matmul_forward", BF16, out, inp, weight, bias, pre_gelu, residual)
     N, C, OC = _check_shapes("matmul_forward", out, inp, weight, bias, pre_gelu)
+    check(residual is None or (pre_gelu is None and residual.shape == out.shape),
+          "matmul_forward: a residual must have the output's shape and cannot follow the GELU")
     if pre_gelu is not None:
         epilogue = Epilogue.GELU_AUX_BIAS if bias is not None else Epilogue.GELU_AUX
     else:
         epilogue = Epilogue.BIAS if bias is not None else Epilogue.DEFAULT
     gemm(out.data.ptr, inp.data.ptr, weight.data.ptr, N, OC, C, lda=C, ldb=C, ldd=OC, trans_b=True,
          epilogue=epilogue, bias=0 if bias is None else bias.data.ptr,
-         aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=OC if pre_gelu is not None else 0)
+         aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=OC if pre_gelu is not None else 0,
+         beta=0.0 if residual is None else 1.0, c=0 if residual is None else residual.data.ptr)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> None:

@@ -19,6 +19,7 @@ from llmc.core.mfu import promised_bf16_flops
 
 try:
     import cupy as cp
+    import cupyx
 except ImportError as e:
     raise LlmcError("CuPy is not installed: pip install 'llmc[gpu]' (CUDA 12) or 'llmc[gpu13]' (CUDA 13) "
                     "to use the GPU backend") from e
@@ -158,6 +159,24 @@ def to_host(arr):
 
 def synchronize() -> None:
     stream.synchronize()
+
+
+def fetch(*arrays) -> Callable[[], list[np.ndarray]]:
+    """Queue copies of the (contiguous) arrays into pinned host memory at this point of the stream;
+    the returned callable waits for them (an event, not the whole stream) and gives the host arrays."""
+    pinned = [cupyx.empty_pinned(a.shape, a.dtype) for a in arrays]
+    for host, a in zip(pinned, arrays):
+        check(a.flags.c_contiguous, "fetch: arrays must be contiguous")
+        cp.cuda.runtime.memcpyAsync(host.ctypes.data, a.data.ptr, a.nbytes, cp.cuda.runtime.memcpyDeviceToHost,
+                                    stream.ptr)
+    done = cp.cuda.Event(disable_timing=True)
+    done.record(stream)
+
+    def wait() -> list[np.ndarray]:
+        done.synchronize()
+        return [np.array(host) for host in pinned]  # copies: the pinned blocks go back to CuPy's pool
+
+    return wait
 
 
 def promised_flops() -> float:

@@ -1,6 +1,8 @@
 """Checkpoints: llm.c's state layout, exact resume of the training loop, rotation, the NaN stop."""
 
+import re
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from llmc.core.rand import MT19937
 from llmc.core.train import TrainConfig, Trainer
 
 CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=32)
+# the CPU backend posing as one that queues its work: the loop then runs a step ahead of the read-back
+AHEAD = SimpleNamespace(**{**{name: getattr(cpu, name) for name in cpu.__all__}, "asynchronous": True})
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +40,21 @@ def config(data, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def train(cfg: TrainConfig, stop_at: int | None = None):
+def train(cfg: TrainConfig, stop_at: int | None = None, backend=cpu):
     """Run a Trainer; (per-step (loss, zloss, norm, zgrad, lr), trainer, printed lines). With stop_at,
-    a SIGINT is simulated during step stop_at - 1, so the run checkpoints at boundary stop_at and stops."""
+    a SIGINT is simulated as step stop_at is read back, so the run checkpoints at the boundary it
+    reaches next (stop_at; stop_at + 1 when the loop runs a step ahead) and stops."""
     lines: list[str] = []
-    trainer = Trainer(cfg, cpu, out=lines.append, stream=lambda s: None)
-    results, step = [], trainer.optimizer_step
+    trainer = Trainer(cfg, backend, out=lines.append, stream=lambda s: None)
+    results, finish = [], trainer.finish_step
 
-    def recorded_step():
-        results.append(step())
-        if stop_at is not None and trainer.step + 1 == stop_at:
+    def recorded_finish(queued):
+        results.append(finish(queued))
+        if stop_at is not None and len(results) == stop_at:
             trainer.stop_signal = signal.SIGINT
         return results[-1]
 
-    trainer.optimizer_step = recorded_step
+    trainer.finish_step = recorded_finish
     trainer.run()
     return np.array(results), trainer, lines
 
@@ -73,6 +78,26 @@ def test_resume_is_bit_exact(data, tmp_path, extra):
     assert (tmp_path / "split" / "main.log").read_text() == (tmp_path / "full" / "main.log").read_text()
     if "skip_loss_z" in extra:  # the resumed run skips updates from its first steps: the windows were restored
         assert any(ln.startswith("skipping update") for ln in lines[:20])
+
+
+def test_running_a_step_ahead_trains_and_prints_the_same(data, tmp_path):
+    cfg = dict(max_steps=20, val_every=6, checkpoint_every=7, total_batch=128)
+    results, trainer, lines = train(config(data, tmp_path / "sync", **cfg))
+    ahead_results, ahead, ahead_lines = train(config(data, tmp_path / "ahead", **cfg), backend=AHEAD)
+    np.testing.assert_array_equal(ahead_results, results)
+    for name in ("params", "m", "v"):
+        np.testing.assert_array_equal(getattr(ahead.model, name), getattr(trainer.model, name))
+    untimed = lambda text: [re.sub(r"\| [0-9.]+ ms \|.*|time: .*", "", ln) for ln in text]  # noqa: E731
+    assert untimed(ahead_lines) == untimed(lines)  # step lines, val losses and checkpoints in the same order
+    assert (tmp_path / "ahead" / "main.log").read_text() == (tmp_path / "sync" / "main.log").read_text()
+    assert checkpoint.done_steps(tmp_path / "ahead") == [7, 14, 20]
+
+    # a stop signal while step 10 is read back: step 11's update is queued already, so it stops at 11
+    first, _, lines = train(config(data, tmp_path / "stopped", **cfg), stop_at=10, backend=AHEAD)
+    assert "stopped by SIGINT at step 11; continue with -y 1 -o " + str(tmp_path / "stopped") in lines
+    second, resumed, _ = train(config(data, tmp_path / "stopped", resume=1, **cfg), backend=AHEAD)
+    np.testing.assert_array_equal(np.concatenate([first, second]), results)
+    np.testing.assert_array_equal(resumed.model.params, trainer.model.params)
 
 
 def test_checkpoint_files_and_rotation(data, tmp_path):
@@ -212,10 +237,11 @@ def test_prune_sweeps_orphans_of_interrupted_deletions(tmp_path):
                            (("DONE", ""), ("model", ".bin"), ("state", "_00000.bin")) if (s, k) != (9, "DONE"))
 
 
-def test_non_finite_loss_stops_with_last_good_checkpoint(data, tmp_path):
+@pytest.mark.parametrize("backend", [cpu, AHEAD])
+def test_non_finite_loss_stops_with_last_good_checkpoint(data, tmp_path, backend):
     out = tmp_path / "out"
     with pytest.raises(LlmcError, match=r"step 2: stopped before the update; the checkpoint of step 1"):
-        train(config(data, out, lr=1e30))  # the first update blows the weights up
+        train(config(data, out, lr=1e30), backend=backend)  # the first update blows the weights up
     assert checkpoint.find_latest(out) == 1
     _, params = read_model(checkpoint.model_path(out, 1))
     assert np.isfinite(params).all()

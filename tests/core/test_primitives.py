@@ -134,23 +134,20 @@ def test_layernorm(B, T, C, NH, scale):
     close(dw, dw0 + w_t.grad.numpy(), rtol=1e-4, atol=1e-4)
     close(db, db0 + b_t.grad.numpy())
 
+    # dproj_bias: the column sums of the updated dinp (the residual stream's gradient)
+    dproj0 = rand(rng, C)
+    dinp, dproj = dinp0.copy(), dproj0.copy()
+    cpu.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, dproj_bias=dproj)
+    close(dproj, dproj0 + (dinp0 + x_t.grad.numpy()).sum(axis=(0, 1)), rtol=1e-4, atol=1e-4 / scale)
+
 
 @pytest.mark.parametrize("B,T,C,NH", SHAPES)
-def test_residual_and_residual_layernorm(B, T, C, NH):
+def test_residual(B, T, C, NH):
     rng = np.random.default_rng(3)
     a, b = rand(rng, B, T, C), rand(rng, B, T, C)
     out = np.empty_like(a)
     cpu.residual_forward(out, a, b)
     np.testing.assert_array_equal(out, a + b)
-
-    w, bias = rand(rng, C) + 1, rand(rng, C)
-    residual, ln, mean, rstd = np.empty_like(a), np.empty_like(a), np.empty((B, T), np.float32), np.empty((B, T), np.float32)
-    cpu.residual_layernorm_forward(residual, ln, mean, rstd, a, b, w, bias)
-    np.testing.assert_array_equal(residual, a + b)
-    ref, ref_mean, ref_rstd = torch_layernorm(t64(a + b), t64(w), t64(bias))
-    close(ln, ref, atol=1e-5)
-    close(mean, ref_mean)
-    close(rstd, ref_rstd)
 
 
 # ----------------------------------------------------------------------------- matmul, gelu
@@ -172,6 +169,9 @@ def test_matmul(B, T, C, NH, with_bias):
     b_t = t64(bias, True) if with_bias else None
     ref = F.linear(x_t, w_t, b_t)
     close(out, ref, atol=1e-5)
+    residual = rand(rng, B, T, OC)
+    cpu.matmul_forward(out, inp, w, bias, residual=residual)
+    close(out, ref + t64(residual), atol=1e-5)
 
     dout = rand(rng, B, T, OC)
     ref.backward(t64(dout))
@@ -214,6 +214,8 @@ def test_matmul_fused_gelu(B, T, C, NH):
     close(dinp, pre_t.grad, atol=1e-5)
     close(dw2, w2_t.grad, atol=1e-5)
     close(db2, b2_t.grad, atol=1e-5)
+    with pytest.raises(LlmcError, match="residual"):
+        cpu.matmul_forward(out, inp, w, b, pre_gelu=pre, residual=out)
 
 
 def test_gelu_is_the_tanh_approximation():

@@ -1,4 +1,4 @@
-// LayerNorm forward (plain and fused with the residual add) and backward. One warp per row of C
+// LayerNorm forward and backward. One warp per row of C
 // channels, 8 channels per 128-bit access; any C divisible by 8 works.
 #include "common.cuh"
 
@@ -46,30 +46,9 @@ extern "C" __global__ void layernorm_forward(bf16* out, float* mean, float* rstd
     layernorm_row(out + (long)row * C, mean + row, rstd + row, x, weight, bias, C, sum);
 }
 
-// residual = inp1 + inp2 (rounded to bf16), then layernorm of that rounded residual
-extern "C" __global__ void residual_layernorm_forward(bf16* residual, bf16* out, float* mean, float* rstd,
-                                                      const bf16* inp1, const bf16* inp2,
-                                                      const bf16* weight, const bf16* bias, int N, int C) {
-    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
-    if (row >= N) return;
-    int lane = threadIdx.x % WARP_SIZE;
-    long off = (long)row * C;
-    float sum = 0.0f, a[PACK], b[PACK], r[PACK];
-    for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
-        load8_cs(a, inp1 + off + c);
-        load8_cs(b, inp2 + off + c);
-#pragma unroll
-        for (int k = 0; k < PACK; k++) r[k] = a[k] + b[k];
-        store8(residual + off + c, r);
-        load8(r, residual + off + c);  // the rounded values the statistics must see
-#pragma unroll
-        for (int k = 0; k < PACK; k++) sum += r[k];
-    }
-    layernorm_row(out + off, mean + row, rstd + row, residual + off, weight, bias, C, sum);
-}
-
 // Backward, one 8-channel pack of a row: pass 1 accumulates the warp's dweight/dbias slices and
-// the row sums, pass 2 adds the input gradient into dinp.
+// the row sums, pass 2 adds the input gradient into dinp (and, given ds, the stored sums into the
+// warp's slice of dinp's column sums).
 __device__ __forceinline__ void ln_backward_pass1(uint4 graw, uint4 xraw, const bf16* weight, int c, int C8,
                                                   float m, float s, float* dw, float* db, float& dnorm_sum,
                                                   float& dnorm_norm_sum) {
@@ -89,7 +68,8 @@ __device__ __forceinline__ void ln_backward_pass1(uint4 graw, uint4 xraw, const 
 }
 
 __device__ __forceinline__ void ln_backward_pass2(bf16* dinp, uint4 graw, uint4 xraw, uint4 draw, const bf16* weight,
-                                                  int c, float m, float s, float dnorm_mean, float dnorm_norm_mean) {
+                                                  int c, int C8, float m, float s, float dnorm_mean,
+                                                  float dnorm_norm_mean, float* ds) {
     float g[PACK], x[PACK], w[PACK], d[PACK];
     unpack8(g, graw);
     unpack8(x, xraw);
@@ -101,6 +81,10 @@ __device__ __forceinline__ void ln_backward_pass2(bf16* dinp, uint4 graw, uint4 
         d[k] += (w[k] * g[k] - dnorm_mean - norm * dnorm_norm_mean) * s;
     }
     store8(dinp + c, d);
+    if (ds) {
+#pragma unroll
+        for (int k = 0; k < PACK; k++) ds[k * C8 + c / PACK] += __bfloat162float(__float2bfloat16(d[k]));
+    }
 }
 
 __device__ __forceinline__ uint4 load_raw(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
@@ -115,18 +99,20 @@ __device__ __forceinline__ uint4 load_raw_cs(const bf16* p) { return __ldcs(rein
 #define LN_MIN_BLOCKS 2
 
 // Backward, part 1. Each warp walks rows (stride: all warps of the grid): dinp += the row's input
-// gradient, and the warp's own slice of dynamic shared memory (2*C floats: dweight then dbias,
-// channel-interleaved) accumulates its rows in order. The block then sums its warps in order into
-// scratch[blockIdx.x] (2*C floats); part 2 sums the blocks in order. Deterministic throughout.
+// gradient, and the warp's own slice of dynamic shared memory (sums*C floats: dweight, dbias and,
+// with sums 3, the updated dinp's column sums, channel-interleaved) accumulates its rows in order.
+// The block then sums its warps in order into scratch[blockIdx.x] (sums*C floats); part 2 sums the
+// blocks in order. Deterministic throughout.
 extern "C" __global__ void __launch_bounds__(256, LN_MIN_BLOCKS)
 layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp, const bf16* weight,
-                   const float* mean, const float* rstd, int N, int C) {
-    extern __shared__ float acc[];  // (warps, 2*C)
+                   const float* mean, const float* rstd, int N, int C, int sums) {
+    extern __shared__ float acc[];  // (warps, sums*C)
     int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
-    float* dw = acc + (long)warp * 2 * C;
+    float* dw = acc + (long)warp * sums * C;
     float* db = dw + C;
+    float* ds = sums == 3 ? db + C : nullptr;
     int C8 = C / PACK;
-    for (int c = lane; c < 2 * C; c += WARP_SIZE) dw[c] = 0.0f;
+    for (int c = lane; c < sums * C; c += WARP_SIZE) dw[c] = 0.0f;
     __syncwarp();
     const int rest = (LN_CACHED * WARP_SIZE + lane) * PACK;  // first channel past the cached packs
     for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
@@ -157,29 +143,31 @@ layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp
         for (int i = 0; i < LN_CACHED; i++) {
             int c = (i * WARP_SIZE + lane) * PACK;
             if (c < C)
-                ln_backward_pass2(dinp + off, graw[i], xraw[i], draw[i], weight, c, m, s, dnorm_mean, dnorm_norm_mean);
+                ln_backward_pass2(dinp + off, graw[i], xraw[i], draw[i], weight, c, C8, m, s, dnorm_mean,
+                                  dnorm_norm_mean, ds);
         }
         for (int c = rest; c < C; c += WARP_SIZE * PACK)
             ln_backward_pass2(dinp + off, load_raw(dout + off + c), load_raw(inp + off + c), load_raw(dinp + off + c),
-                              weight, c, m, s, dnorm_mean, dnorm_norm_mean);
+                              weight, c, C8, m, s, dnorm_mean, dnorm_norm_mean, ds);
     }
     __syncthreads();
     // block total of each channel, walking the interleaved slots in order (conflict-free reads)
-    float* out = scratch + (long)blockIdx.x * 2 * C;
-    for (int slot = threadIdx.x; slot < 2 * C; slot += blockDim.x) {
-        int half = slot / C, within = slot % C, ch = (within % C8) * PACK + within / C8;
+    float* out = scratch + (long)blockIdx.x * sums * C;
+    for (int slot = threadIdx.x; slot < sums * C; slot += blockDim.x) {
+        int part = slot / C, within = slot % C, ch = (within % C8) * PACK + within / C8;
         float sum = 0.0f;
-        for (int i = 0; i < warps; i++) sum += acc[(long)i * 2 * C + slot];
-        out[half * C + ch] = sum;
+        for (int i = 0; i < warps; i++) sum += acc[(long)i * sums * C + slot];
+        out[part * C + ch] = sum;
     }
 }
 
-// Backward, part 2: dweight += the blocks' partials summed in order, dbias likewise. Block (32, 8).
-extern "C" __global__ void layernorm_backward_reduce(bf16* dweight, bf16* dbias, const float* scratch,
-                                                     int blocks, int C) {
-    float sum = column_sum(scratch, blocks, 2 * C);
+// Backward, part 2: dweight += the blocks' partials summed in order, dbias and dsum (with sums 3)
+// likewise. Block (32, 8).
+extern "C" __global__ void layernorm_backward_reduce(bf16* dweight, bf16* dbias, bf16* dsum, const float* scratch,
+                                                     int blocks, int C, int sums) {
+    float sum = column_sum(scratch, blocks, sums * C);
     int c = blockIdx.x * WARP_SIZE + threadIdx.x;
-    if (threadIdx.y != 0 || c >= 2 * C) return;
-    bf16* dst = c < C ? dweight + c : dbias + (c - C);
+    if (threadIdx.y != 0 || c >= sums * C) return;
+    bf16* dst = c < C ? dweight + c : c < 2 * C ? dbias + (c - C) : dsum + (c - 2 * C);
     *dst = __float2bfloat16(__bfloat162float(*dst) + sum);
 }

@@ -78,42 +78,41 @@ def test_layernorm_and_residual_forward(rng, C):
     res = cp.empty((B, T, C), gpu.act_dtype)
     gpu.residual_forward(res, dev(x1), dev(x2))
     assert_close(host(res), x1 + x2, BF16_REL, "residual")
-    gpu.residual_layernorm_forward(res, out, mean, rstd, dev(x1), dev(x2), dev(w), dev(b))
-    r = (x1 + x2).astype(gpu.act_dtype).astype(np.float32)  # the kernel normalizes the rounded sum
-    cpu.layernorm_forward(want, wmean, wrstd, r, w, b)
-    assert np.array_equal(host(res), r)
-    assert_close(host(out), want, BF16_REL, "residual layernorm out")
-    np.testing.assert_allclose(host(rstd), wrstd, rtol=1e-4)
 
 
 @pytest.mark.parametrize("C", [72, 768, 1600])
-def test_layernorm_backward(rng, C):
+@pytest.mark.parametrize("with_sum", [False, True])
+def test_layernorm_backward(rng, C, with_sum):
     B, T = 3, 37
     x, w, dout = rand(rng, B, T, C, scale=2.0), rand(rng, C) + 1.0, rand(rng, B, T, C)
     w = w.astype(gpu.act_dtype).astype(np.float32)
     b = rand(rng, C)
     mean, rstd, ln = np.empty((B, T), np.float32), np.empty((B, T), np.float32), np.empty((B, T, C), np.float32)
     cpu.layernorm_forward(ln, mean, rstd, x, w, b)
-    dinp0, dw0, db0 = rand(rng, B, T, C), rand(rng, C), rand(rng, C)
-    dinp, dw, db = dev(dinp0), dev(dw0), dev(db0)
-    gpu.layernorm_backward(dinp, dw, db, dev(dout), dev(x), dev(w), cp.asarray(mean), cp.asarray(rstd))
-    want = [dinp0.copy(), dw0.copy(), db0.copy()]
-    cpu.layernorm_backward(*want, dout, x, w, mean, rstd)
-    for got, ref, start, what in zip((dinp, dw, db), want, (dinp0, dw0, db0), ("dinp", "dweight", "dbias")):
-        assert_close(host(got) - start, ref - start, GRAD_REL, what)
+    dinp0, dw0, db0, dp0 = rand(rng, B, T, C), rand(rng, C), rand(rng, C), rand(rng, C)
+    dinp, dw, db, dp = dev(dinp0), dev(dw0), dev(db0), dev(dp0) if with_sum else None
+    gpu.layernorm_backward(dinp, dw, db, dev(dout), dev(x), dev(w), cp.asarray(mean), cp.asarray(rstd), dproj_bias=dp)
+    want = [dinp0.copy(), dw0.copy(), db0.copy(), dp0.copy() if with_sum else None]
+    cpu.layernorm_backward(*want[:3], dout, x, w, mean, rstd, dproj_bias=want[3])
+    for got, ref, start, what in zip((dinp, dw, db, dp), want, (dinp0, dw0, db0, dp0),
+                                     ("dinp", "dweight", "dbias", "dproj_bias")):
+        if got is not None:
+            assert_close(host(got) - start, ref - start, GRAD_REL, what)
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("gelu", [True, False])
-def test_matmul_forward(rng, bias, gelu):
+@pytest.mark.parametrize("gelu,residual", [(True, False), (False, False), (False, True)])
+def test_matmul_forward(rng, bias, gelu, residual):
     B, T, C, OC = 2, 40, 64, 192
     x, w = rand(rng, B, T, C), rand(rng, OC, C, scale=0.1)
     b = rand(rng, OC) if bias else None
+    r = rand(rng, B, T, OC).astype(gpu.act_dtype).astype(np.float32) if residual else None
     out = cp.empty((B, T, OC), gpu.act_dtype)
     pre = cp.empty((B, T, OC), gpu.act_dtype) if gelu else None
-    gpu.matmul_forward(out, dev(x), dev(w), None if b is None else dev(b), pre_gelu=pre)
+    gpu.matmul_forward(out, dev(x), dev(w), None if b is None else dev(b), pre_gelu=pre,
+                       residual=None if r is None else dev(r))
     want, want_pre = np.empty((B, T, OC), np.float32), np.empty((B, T, OC), np.float32) if gelu else None
-    cpu.matmul_forward(want, x, w, b, pre_gelu=want_pre)
+    cpu.matmul_forward(want, x, w, b, pre_gelu=want_pre, residual=r)
     assert_close(host(out), want, BF16_REL, "matmul out")
     if gelu:
         assert_close(host(pre), want_pre, BF16_REL, "matmul pre_gelu")
@@ -323,6 +322,9 @@ def test_launcher_checks_raise_llmc_error(rng):
     with pytest.raises(LlmcError, match="multiples of 8"):
         gpu.matmul_forward(cp.empty((4, 12), gpu.act_dtype), cp.empty((4, 12), gpu.act_dtype),
                            cp.empty((12, 12), gpu.act_dtype), None)
+    x = cp.empty((4, 16), gpu.act_dtype)
+    with pytest.raises(LlmcError, match="residual"):
+        gpu.matmul_forward(x, x, cp.empty((16, 16), gpu.act_dtype), None, pre_gelu=x, residual=x)
     with pytest.raises(LlmcError, match="heads"):
         gpu.attention_forward(cp.empty((1, 4, 64), gpu.act_dtype), cp.empty((1, 3, 4), cp.float32),
                               cp.empty((1, 4, 192), gpu.act_dtype), 3)
