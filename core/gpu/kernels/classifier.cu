@@ -1,7 +1,6 @@
 // The fused classifier: per row of logits (Vp), loss = logsumexp(logits[:V]) - logits[target]
-// and, when write_grad, the row overwritten in place by (softmax - onehot(target)) * dloss with
-// the padded columns [V, Vp) zeroed. Probabilities are never stored: one pass for the running
-// max/sum, one pass to write the gradient. One block per row, 8 logits per 128-bit access.
+// and, in training, the row overwritten in place by (softmax - onehot(target)) * dloss with the
+// padded columns [V, Vp) zeroed. Probabilities are never stored. 8 logits per 128-bit access.
 #include "common.cuh"
 
 // merge running (max, sum of exp(x - max)) pairs
@@ -53,60 +52,90 @@ __device__ __forceinline__ float pack_exp_sum(const float (&v)[PACK], int c, int
     return s;
 }
 
-// With `cached` (dynamic shared memory of Vp bf16, training only) the row crosses DRAM once each
-// way: pass 1 streams it into shared memory taking only the max (every load in flight, no exp),
-// pass 2 sums exp(x - max) from shared memory, pass 3 writes the gradient. (Re-reading the row
-// from global memory missed L2 on an H100, ~500 rows of 100 KB being in flight: 6.6 ms at B=64,
-// 89% of DRAM bandwidth for 1.5x the traffic.) Without it, the first pass keeps a running
-// (max, sum) and the gradient pass re-reads global memory.
-extern "C" __global__ void __launch_bounds__(1024, 2)
-softmax_crossentropy(float* losses, bf16* logits, const int* targets, int V, int Vp, float dloss, int write_grad,
-                     int cached) {
-    extern __shared__ uint4 row[];  // (Vp / 8) packs when cached
-    __shared__ float shared[32];
+__device__ __forceinline__ void store_dlogits(bf16* x, int p, const float (&v)[PACK], int V, int target, float m,
+                                              float inv, float dloss) {
+    float g[PACK];
+    pack_dlogits(g, v, p * PACK, V, target, m, inv, dloss);
+    uint4 out;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&out);
+#pragma unroll
+    for (int i = 0; i < PACK / 2; i++) h[i] = __floats2bfloat162_rn(g[2 * i], g[2 * i + 1]);
+    __stcs(reinterpret_cast<uint4*>(x) + p, out);  // streamed: the GEMMs read dlogits much later
+}
+
+__device__ __forceinline__ float row_loss(float m, float s, int target, int V, float x_target) {
+    return target >= 0 && target < V ? m + logf(s) - x_target : QNAN;
+}
+
+// Streaming version (inference, or rows too long for shared memory): one pass keeps a running
+// (max, sum), the gradient pass (with write_grad) re-reads the row from global memory.
+extern "C" __global__ void softmax_crossentropy(float* losses, bf16* logits, const int* targets, int V, int Vp,
+                                                float dloss, int write_grad) {
     bf16* x = logits + (long)blockIdx.x * Vp;
-    const uint4* xp = reinterpret_cast<const uint4*>(x);
     int packs = Vp / PACK, packs_v = (V + PACK - 1) / PACK;
     float m = NEG_INF, s = 0.0f, v[PACK];
-    if (cached) {
-#pragma unroll 4
+    for (int p = threadIdx.x; p < packs_v; p += blockDim.x) {
+        load8(v, x + p * PACK);
+        float vm = pack_max(v, p * PACK, V);
+        softmax_merge(m, s, vm, pack_exp_sum(v, p * PACK, V, vm));
+    }
+    block_softmax_stats(m, s);
+    int target = targets[blockIdx.x];
+    if (threadIdx.x == 0)
+        losses[blockIdx.x] = row_loss(m, s, target, V, target >= 0 && target < V ? __bfloat162float(x[target]) : 0.0f);
+    if (!write_grad) return;
+    __syncthreads();  // x[target] is read above before any thread overwrites it
+    float inv = 1.0f / s;
+    for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+        if (p < packs_v) load8(v, x + p * PACK);
+        store_dlogits(x, p, v, V, target, m, inv, dloss);  // padding packs: v unused, zeros written
+    }
+}
+
+// Training version: persistent blocks (one per SM) walk the rows with two row buffers in shared
+// memory, the next row streaming in (cp.async) while this one is reduced and its gradient written,
+// so DRAM never waits for the block's barriers. Each row crosses DRAM once each way: pass 1 takes
+// the max, pass 2 sums exp(x - max), pass 3 writes the gradient, all from shared memory; every
+// thread reads only the packs it copied itself (the barriers inside the reductions make the target
+// logit visible to thread 0).
+extern "C" __global__ void __launch_bounds__(1024, 1)
+softmax_crossentropy_train(float* losses, bf16* logits, const int* targets, int N, int V, int Vp, float dloss) {
+    extern __shared__ uint4 buffers[];  // 2 rows of Vp / 8 packs
+    __shared__ float shared[32];
+    int packs = Vp / PACK, packs_v = (V + PACK - 1) / PACK;
+    auto prefetch = [&](uint4* row, int r) {
+        const uint4* src = reinterpret_cast<const uint4*>(logits + (long)r * Vp);
+        for (int p = threadIdx.x; p < packs_v; p += blockDim.x) copy_async16(row + p, src + p);
+    };
+    if (blockIdx.x < N) prefetch(buffers, blockIdx.x);
+    copy_async_commit();
+    for (int r = blockIdx.x, i = 0; r < N; r += gridDim.x, i++) {
+        const uint4* row = buffers + (i & 1) * packs;
+        if (r + gridDim.x < N) prefetch(buffers + ((i + 1) & 1) * packs, r + gridDim.x);
+        copy_async_commit();  // possibly empty: the wait below always leaves the newest group in flight
+        copy_async_wait_all_but_latest();
+        float m = NEG_INF, s = 0.0f, v[PACK];
         for (int p = threadIdx.x; p < packs_v; p += blockDim.x) {
-            uint4 raw = __ldcs(xp + p);
-            row[p] = raw;
-            unpack8(v, raw);
+            unpack8(v, row[p]);
             m = fmaxf(m, pack_max(v, p * PACK, V));
         }
         m = block_max(m, shared);
         for (int p = threadIdx.x; p < packs_v; p += blockDim.x) {
-            unpack8(v, row[p]);  // this thread's own packs: no barrier needed
+            unpack8(v, row[p]);
             s += pack_exp_sum(v, p * PACK, V, m);
         }
         s = block_sum(s, shared);
-    } else {
-        for (int p = threadIdx.x; p < packs_v; p += blockDim.x) {
-            load8(v, x + p * PACK);
-            float vm = pack_max(v, p * PACK, V);
-            softmax_merge(m, s, vm, pack_exp_sum(v, p * PACK, V, vm));
+        int target = targets[r];
+        if (threadIdx.x == 0) {
+            bool valid = target >= 0 && target < V;
+            losses[r] = row_loss(m, s, target, V, valid ? __bfloat162float(reinterpret_cast<const bf16*>(row)[target]) : 0.0f);
         }
-        block_softmax_stats(m, s);
-    }
-    int target = targets[blockIdx.x];
-    bool valid = target >= 0 && target < V;
-    if (threadIdx.x == 0) {
-        float xt = valid ? __bfloat162float(cached ? reinterpret_cast<const bf16*>(row)[target] : x[target]) : 0.0f;
-        losses[blockIdx.x] = valid ? m + logf(s) - xt : QNAN;
-    }
-    if (!write_grad) return;
-    __syncthreads();  // x[target] is read above before any thread overwrites it
-    float inv = 1.0f / s, g[PACK];
-    for (int p = threadIdx.x; p < packs; p += blockDim.x) {
-        uint4 raw = p >= packs_v ? make_uint4(0, 0, 0, 0) : cached ? row[p] : xp[p];
-        unpack8(v, raw);
-        pack_dlogits(g, v, p * PACK, V, target, m, inv, dloss);
-        uint4 out;
-        __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&out);
-#pragma unroll
-        for (int i = 0; i < PACK / 2; i++) h[i] = __floats2bfloat162_rn(g[2 * i], g[2 * i + 1]);
-        __stcs(reinterpret_cast<uint4*>(x) + p, out);  // streamed: the GEMMs read dlogits much later
+        float inv = 1.0f / s;
+        bf16* x = logits + (long)r * Vp;
+        for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+            if (p < packs_v) unpack8(v, row[p]);
+            store_dlogits(x, p, v, V, target, m, inv, dloss);
+        }
+        __syncthreads();  // everyone is done with this buffer before the next iteration refills it
     }
 }

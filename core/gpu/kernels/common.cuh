@@ -40,6 +40,14 @@ __device__ __forceinline__ void store8(bf16* p, const float (&in)[PACK]) {
     *reinterpret_cast<uint4*>(p) = raw;
 }
 
+// 16-byte asynchronous copies global -> shared (sm_80+), in commit groups
+__device__ __forceinline__ void copy_async16(void* shared, const void* global) {
+    unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global) : "memory");
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void copy_async_wait_all_but_latest() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -51,27 +51,47 @@ extern "C" __global__ void encoder_count(int* count, const int* inp, int N, int 
     atomicAdd(count + (tok < 0 || tok >= Vp ? Vp : tok), 1);
 }
 
-// 2. offset = exclusive prefix sum of count (n = Vp + 1 buckets), cursor = a copy. One block of 1024.
+// 2. offset = exclusive prefix sum of count (n = Vp + 1 buckets), cursor = a copy. One block of
+// 1024 threads walks the counts in tiles of 16 consecutive counts per thread (4 x 128-bit loads).
+#define SCAN_PER_THREAD 16
 extern "C" __global__ void encoder_offsets(int* offset, int* cursor, const int* count, int n) {
     __shared__ int warp_sums[32];
-    int per = (n + blockDim.x - 1) / blockDim.x, begin = threadIdx.x * per, end = min(begin + per, n);
-    int local = 0;
-    for (int i = begin; i < end; i++) local += count[i];
-    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-    int incl = local;  // inclusive scan within the warp, then across warps
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    int carry = 0;  // the counts of the tiles before
+    for (int tile = 0; tile < n; tile += SCAN_PER_THREAD * blockDim.x) {
+        int first = tile + SCAN_PER_THREAD * threadIdx.x, c[SCAN_PER_THREAD], local = 0;
+        if (first + SCAN_PER_THREAD <= n) {
 #pragma unroll
-    for (int o = 1; o < WARP_SIZE; o <<= 1) {
-        int t = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += t;
-    }
-    if (lane == WARP_SIZE - 1) warp_sums[warp] = incl;
-    __syncthreads();
-    int before = 0;
-    for (int w = 0; w < warp; w++) before += warp_sums[w];
-    int running = before + incl - local;
-    for (int i = begin; i < end; i++) {
-        offset[i] = cursor[i] = running;
-        running += count[i];
+            for (int k = 0; k < SCAN_PER_THREAD; k += 4) {
+                int4 q = *reinterpret_cast<const int4*>(count + first + k);
+                c[k] = q.x, c[k + 1] = q.y, c[k + 2] = q.z, c[k + 3] = q.w;
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < SCAN_PER_THREAD; k++) c[k] = first + k < n ? count[first + k] : 0;
+        }
+#pragma unroll
+        for (int k = 0; k < SCAN_PER_THREAD; k++) local += c[k];
+        int incl = local;  // inclusive scan of the threads' totals within the warp, then across warps
+#pragma unroll
+        for (int o = 1; o < WARP_SIZE; o <<= 1) {
+            int t = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += t;
+        }
+        if (lane == WARP_SIZE - 1) warp_sums[warp] = incl;
+        __syncthreads();
+        int running = carry + incl - local, total = 0;
+        for (int w = 0; w < warps; w++) {
+            running += w < warp ? warp_sums[w] : 0;
+            total += warp_sums[w];
+        }
+#pragma unroll
+        for (int k = 0; k < SCAN_PER_THREAD; k++) {
+            if (first + k < n) offset[first + k] = cursor[first + k] = running;
+            running += c[k];
+        }
+        carry += total;
+        __syncthreads();  // warp_sums is refilled by the next tile
     }
 }
 
