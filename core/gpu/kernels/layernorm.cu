@@ -1,35 +1,12 @@
-// LayerNorm forward and backward. One warp per row of C
-// channels, 8 channels per 128-bit access; any C divisible by 8 works.
+// LayerNorm forward and backward. One warp per row of C channels, 8 channels per 128-bit access;
+// any C divisible by 8 works.
 #include "common.cuh"
 
 #define LN_EPS 1e-5f
 
-// normalizes row x (already in memory) into out; mean/rstd saved. Called by one whole warp.
-__device__ __forceinline__ void layernorm_row(bf16* out, float* mean, float* rstd, const bf16* x,
-                                              const bf16* weight, const bf16* bias, int C, float sum) {
-    int lane = threadIdx.x % WARP_SIZE;
-    float m = warp_sum(sum) / C;
-    float var = 0.0f, v[PACK];
-    for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
-        load8(v, x + c);
-#pragma unroll
-        for (int k = 0; k < PACK; k++) var += (v[k] - m) * (v[k] - m);
-    }
-    float s = rsqrtf(warp_sum(var) / C + LN_EPS);
-    float w[PACK], b[PACK], o[PACK];
-    for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
-        load8(v, x + c);
-        load8(w, weight + c);
-        load8(b, bias + c);
-#pragma unroll
-        for (int k = 0; k < PACK; k++) o[k] = (v[k] - m) * s * w[k] + b[k];
-        store8(out + c, o);
-    }
-    if (lane == 0) {
-        *mean = m;
-        *rstd = s;
-    }
-}
+// packs per lane held in registers through the row: a row of C <= 768 is read from memory once, and
+// all its loads are in flight together (longer rows re-read their other packs from L1/L2)
+#define LN_FWD_CACHED 3
 
 extern "C" __global__ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp,
                                              const bf16* weight, const bf16* bias, int N, int C) {
@@ -37,13 +14,51 @@ extern "C" __global__ void layernorm_forward(bf16* out, float* mean, float* rstd
     if (row >= N) return;
     int lane = threadIdx.x % WARP_SIZE;
     const bf16* x = inp + (long)row * C;
-    float sum = 0.0f, v[PACK];
-    for (int c = lane * PACK; c < C; c += WARP_SIZE * PACK) {
-        load8(v, x + c);
+    uint4 raw[LN_FWD_CACHED];
+#pragma unroll
+    for (int i = 0; i < LN_FWD_CACHED; i++) {
+        int c = (i * WARP_SIZE + lane) * PACK;
+        if (c < C) raw[i] = __ldcs(reinterpret_cast<const uint4*>(x + c));
+    }
+    float v[PACK];
+    auto each_pack = [&](auto f) {  // f(c) with v holding channels c..c+7 of the row
+#pragma unroll
+        for (int i = 0; i < LN_FWD_CACHED; i++) {
+            int c = (i * WARP_SIZE + lane) * PACK;
+            if (c < C) {
+                unpack8(v, raw[i]);
+                f(c);
+            }
+        }
+        for (int c = (LN_FWD_CACHED * WARP_SIZE + lane) * PACK; c < C; c += WARP_SIZE * PACK) {
+            load8(v, x + c);
+            f(c);
+        }
+    };
+    float sum = 0.0f, var = 0.0f;
+    each_pack([&](int c) {
 #pragma unroll
         for (int k = 0; k < PACK; k++) sum += v[k];
+    });
+    float m = warp_sum(sum) / C;
+    each_pack([&](int c) {
+#pragma unroll
+        for (int k = 0; k < PACK; k++) var += (v[k] - m) * (v[k] - m);
+    });
+    float s = rsqrtf(warp_sum(var) / C + LN_EPS);
+    bf16* o = out + (long)row * C;
+    each_pack([&](int c) {
+        float w[PACK], b[PACK], y[PACK];
+        load8(w, weight + c);
+        load8(b, bias + c);
+#pragma unroll
+        for (int k = 0; k < PACK; k++) y[k] = (v[k] - m) * s * w[k] + b[k];
+        store8(o + c, y);
+    });
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = s;
     }
-    layernorm_row(out + (long)row * C, mean + row, rstd + row, x, weight, bias, C, sum);
 }
 
 // Backward, one 8-channel pack of a row: pass 1 accumulates the warp's dweight/dbias slices and
