@@ -2,6 +2,7 @@
 laptop CPU: tokenize it, train a small GPT-2 from scratch for a few hundred steps (llm.c's step lines
 and val loss), then sample from the trained checkpoint. Everything goes under ./out/demo."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def demo() -> None:
     init = OUT / "init.bin"
     write_model(init, DEMO_MODEL, random_init(DEMO_MODEL))
     click.echo(f"wrote {init}: {DEMO_MODEL}")
+    if log.exists():  # the demo's own output: a rerun trains afresh instead of refusing the old checkpoints
+        shutil.rmtree(log)
+        click.echo(f"removed {log} of the previous demo run")
     run("train-cpu", "-e", str(init), "-i", str(data / "tiny_shakespeare_train.bin"),
         "-j", str(data / "tiny_shakespeare_val.bin"), "-o", str(log), "-b", "8", "-t", "64",
         "-x", str(STEPS), "-l", "1e-3", "-u", "20", "-q", "0.1", "-v", "50", "-m", "10", "-s", "0",
