@@ -6,7 +6,7 @@ from types import ModuleType
 
 from llmc.core.primitives import REQUIRED_OPS, Primitives
 
-ATTRIBUTES = tuple(Primitives.__annotations__)  # name, xp, act_dtype
+ATTRIBUTES = tuple(Primitives.__annotations__)  # name, xp, act_dtype, asynchronous
 
 
 def protocol_parameters(op: str) -> list[tuple[str, object, inspect._ParameterKind]]:
