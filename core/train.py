@@ -436,23 +436,27 @@ class Trainer:
         model.compute_grad_norm()
         return loader_state
 
-    def _adamw(self, step: int) -> tuple[float, ...]:
-        """AdamW's (lr, beta1, beta2, eps, weight decay, t) for the 0-based step."""
-        lr = learning_rate(self.cfg.schedule, step, self.cfg.lr, self.cfg.warmup, self.num_steps, self.cfg.final_lr_frac)
-        return lr, 0.9, 0.95, 1e-8, self.cfg.weight_decay, step + 1
+    def _lr(self, step: int) -> float:
+        c = self.cfg
+        return learning_rate(c.schedule, step, c.lr, c.warmup, self.num_steps, c.final_lr_frac)
+
+    def _update(self, step: int, grad_scale: float = 1.0, clip_to: float | None = None) -> None:
+        """AdamW for the 0-based step with llm.c's betas and eps; -w 0's stochastic rounding seeded per
+        step (reproducible from a checkpoint)."""
+        self.model.update(self._lr(step), 0.9, 0.95, 1e-8, self.cfg.weight_decay, step + 1, grad_scale,
+                          seed=step * 1000003 + 1, clip_to=clip_to)
 
     def _queue_update(self, step: int, loader_state: dict) -> QueuedStep:
         """Queue the step's AdamW, clipped to norm 1.0 on the device and skipped there if the norm is
         not finite, then the read-back of its losses and norm."""
-        adamw = self._adamw(step)
-        self.model.update(*adamw, seed=step * 1000003 + 1, clip_to=1.0)
-        return QueuedStep(step, adamw[0], loader_state, True,
+        self._update(step, clip_to=1.0)
+        return QueuedStep(step, self._lr(step), loader_state, True,
                           self.backend.fetch(self.step_losses, self.model.norm_squared))
 
     def finish_step(self, queued: QueuedStep) -> tuple[float, float, float, float, float]:
         """Wait for a queued step's losses and norm: (loss, loss z, norm, norm z, lr). Under -sl/-sg
         the host decides the update here, after the read-back; otherwise it was queued before."""
-        c, model = self.cfg, self.model
+        c = self.cfg
         losses, norm_squared = queued.fetched()
         loss = self.group.host_reduce([float(losses.mean())])[0] / self.group.world
         norm = float(np.sqrt(norm_squared[0]))
@@ -473,7 +477,7 @@ class Trainer:
                 self.out(f"skipping update due to grad z-score of {zgrad:f}")
             else:
                 grad_scale = 1.0 / norm if norm > 1.0 else 1.0  # clip to global norm 1.0
-                model.update(*self._adamw(queued.step), grad_scale, seed=queued.step * 1000003 + 1)
+                self._update(queued.step, grad_scale)
         return loss, zloss, norm, zgrad, queued.lr
 
     # ------------------------------------------------------------------ the loop
@@ -520,7 +524,7 @@ class Trainer:
                     self._report(in_flight)
                 in_flight = self._queue_update(self.step, loader_state)
             elif host_decides:
-                self._report(QueuedStep(self.step, self._adamw(self.step)[0], loader_state, False,
+                self._report(QueuedStep(self.step, self._lr(self.step), loader_state, False,
                                         self.backend.fetch(self.step_losses, self.model.norm_squared)))
             else:
                 self._report(self._queue_update(self.step, loader_state))

@@ -57,7 +57,6 @@ class _Key:
     ldb: int
     ldd: int
     out_f32: bool
-    bias_f32: bool
     epilogue: int
     aux_ld: int
     batch: int
@@ -80,8 +79,6 @@ class _Plan:
         _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.EPILOGUE, k.epilogue)
         if k.aux_ld:
             _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.EPILOGUE_AUX_LD, k.aux_ld)
-        if k.bias_f32:
-            _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.BIAS_DATA_TYPE, CUDA_R_32F)
         out_type = CUDA_R_32F if k.out_f32 else CUDA_R_16BF
         # column-major shapes (rows, cols) of the stored matrices
         self.a = self._layout(CUDA_R_16BF, (k.K, k.N) if k.trans_b else (k.N, k.K), k.ldb, k.batch, k.stride_b)
@@ -167,21 +164,21 @@ def _ptr_attr(plan: _Plan, attr, value: int) -> None:
 
 
 def gemm(d: int, a: int, b: int, M: int, N: int, K: int, *, lda: int, ldb: int, ldd: int,
-         trans_a: bool = False, trans_b: bool = False, out_f32: bool = False, bias_f32: bool = False,
-         alpha: float = 1.0, beta: float = 0.0, c: int = 0, epilogue: int = Epilogue.DEFAULT, bias: int = 0,
-         aux: int = 0, aux_ld: int = 0, batch: int = 1, stride_a: int = 0, stride_b: int = 0, stride_d: int = 0,
+         trans_a: bool = False, trans_b: bool = False, out_f32: bool = False, alpha: float = 1.0,
+         beta: float = 0.0, c: int = 0, epilogue: int = Epilogue.DEFAULT, bias: int = 0, aux: int = 0,
+         aux_ld: int = 0, batch: int = 1, stride_a: int = 0, stride_b: int = 0, stride_d: int = 0,
          on=None) -> None:
     """Row-major D (M, N) [ld ldd] = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, on device pointers;
     C is D unless c is given (laid out as D). op(A) = A^T when trans_a (A stored (K, M)), likewise B.
-    bias (N; fp32 if bias_f32, else bf16) and aux (M, N) [ld aux_ld] serve the epilogue. Batches are
-    strided by element counts. `on`: the stream (default: the backend's); each stream has its own
-    workspace, so GEMMs on two streams may run at once."""
+    bias (N) and aux (M, N) [ld aux_ld] serve the epilogue. Batches are strided by element counts.
+    `on`: the stream (default: the backend's); each stream has its own workspace, so GEMMs on two
+    streams may run at once."""
     on = on or stream
     workspace = scratch(f"cublaslt_workspace_{on.ptr}", WORKSPACE_BYTES)
     d_bytes = 4 if out_f32 else 2  # batches start at multiples of the strides: fold them in
     align = (_alignment(a | stride_a * 2), _alignment(b | stride_b * 2),
              min(_alignment(d | stride_d * d_bytes), _alignment(c), _alignment(bias), _alignment(aux)))
-    key = _Key(M, N, K, trans_a, trans_b, lda, ldb, ldd, out_f32, bias_f32, int(epilogue), aux_ld, batch,
+    key = _Key(M, N, K, trans_a, trans_b, lda, ldb, ldd, out_f32, int(epilogue), aux_ld, batch,
                stride_a, stride_b, stride_d, align)
     plan = _plan(key)
     if bias:
