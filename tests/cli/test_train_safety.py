@@ -16,11 +16,10 @@ from click.testing import CliRunner
 
 from llmc.cli.main import main
 from llmc.core import checkpoint
-from llmc.core.config import GPTConfig, num_parameters
-from llmc.core.formats import EvalExample, read_model, write_eval_shard, write_model, write_shard
-from llmc.core.init import random_init
+from llmc.core.config import num_parameters
+from llmc.core.formats import EvalExample, read_model, write_eval_shard, write_shard
+from llmc.tests.core.training_data import CFG, write_training_data
 
-CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=32)
 # the child runs llmc's CLI; KILL_AT_REPLACE=k makes it SIGKILL itself just before its k-th file rename
 CHILD = """
 import os, signal, sys
@@ -38,13 +37,7 @@ main(sys.argv[1:], prog_name="llmc")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    write_model(d / "model.bin", CFG, random_init(CFG))
-    rng = np.random.default_rng(0)
-    for i, n in enumerate((700, 500, 900)):
-        write_shard(d / f"train_{i}.bin", rng.integers(0, CFG.vocab_size, n))
-    write_shard(d / "val.bin", rng.integers(0, CFG.vocab_size, 600))
-    return d
+    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 def args(data: Path, out: Path | None, *extra) -> list[str]:

@@ -2,35 +2,27 @@
 
 import re
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from llmc.core import checkpoint, cpu
-from llmc.core.config import GPTConfig
 from llmc.core.errors import LlmcError
-from llmc.core.formats import read_model, write_model, write_shard
-from llmc.core.init import random_init
+from llmc.core.formats import read_model
 from llmc.core.outliers import OutlierDetector
 from llmc.core.rand import MT19937
 from llmc.core.train import TrainConfig, Trainer
+from llmc.tests.core.training_data import CFG, write_training_data
 
-CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=32)
 # the CPU backend posing as one that queues its work: the loop then runs a step ahead of the read-back
 AHEAD = SimpleNamespace(**{**{name: getattr(cpu, name) for name in cpu.__all__}, "asynchronous": True})
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    write_model(d / "model.bin", CFG, random_init(CFG))
-    rng = np.random.default_rng(0)
-    # shards of different lengths (10, 7, 14 samples of B*T = 64), so runs cross shards and epochs
-    for i, n in enumerate((700, 500, 900)):
-        write_shard(d / f"train_{i}.bin", rng.integers(0, CFG.vocab_size, n))
-    write_shard(d / "val.bin", rng.integers(0, CFG.vocab_size, 600))
-    return d
+def data(tmp_path_factory) -> Path:
+    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 def config(data, out, **kw) -> TrainConfig:
