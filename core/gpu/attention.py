@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.core.gpu.cublaslt import gemm
-from llmc.core.gpu.runtime import BF16, check, check_arrays, launch, scratch, stream
+from llmc.core.gpu.runtime import BF16, after_side_work, check, check_arrays, launch, scratch, settle, stream
 
 
 def _import_cudnn():
@@ -209,6 +209,7 @@ def _fallback_backward(s: Shape, dqkv, dout, qkv, stats) -> None:
 
 # ----------------------------------------------------------------------------- the primitives
 
+@after_side_work
 def attention_forward(out, stats, qkv, num_heads: int) -> None:
     """Causal attention, scale 1/sqrt(HS): out (B,T,C) from qkv (B,T,3C); stats (B,NH,T) log-sum-exp."""
     s = _shape("attention_forward", qkv, out, stats, num_heads)
@@ -224,6 +225,7 @@ def attention_backward(dqkv, dout, qkv, out, stats, num_heads: int) -> None:
     s = _shape("attention_backward", qkv, out, stats, num_heads)
     check_arrays("attention_backward", BF16, dqkv, dout)
     check(dqkv.shape == qkv.shape and dout.shape == out.shape, "attention_backward: gradient shapes differ")
+    settle(reads=(dout, qkv, out, stats), writes=(dqkv,))
     sdpa = _cudnn(s, "backward")
     if sdpa is not None:
         sdpa.backward(dqkv, dout, qkv, out, stats)

@@ -4,12 +4,13 @@ host by the loop) rather than a device-to-host read here, which a CUDA graph can
 
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, DEVICE, NUM_SMS, check, check_arrays, launch, rows
+from llmc.core.gpu.runtime import BF16, DEVICE, NUM_SMS, after_side_work, check, check_arrays, launch, rows
 
 THREADS = 1024
 SHARED_MEM = DEVICE.attributes["MaxSharedMemoryPerBlockOptin"] - 1024  # room for the kernel's static arrays
 
 
+@after_side_work
 def softmax_crossentropy(losses, logits, targets, vocab_size: int, dloss: float | None = None) -> None:
     """losses (B,T) fp32 = -log softmax(logits[..., :V])[target]; with dloss, logits (B,T,Vp) become
     (softmax - onehot) * dloss, padded columns zero."""

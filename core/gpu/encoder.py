@@ -4,7 +4,7 @@ position order."""
 
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, cdiv, check, check_arrays, cp, launch, scratch, stream
+from llmc.core.gpu.runtime import BF16, after_side_work, cdiv, check, check_arrays, cp, launch, scratch, stream
 
 
 def _check(op: str, out, inp, wte, wpe) -> tuple[int, int, int, int]:
@@ -18,6 +18,7 @@ def _check(op: str, out, inp, wte, wpe) -> tuple[int, int, int, int]:
     return B, T, C, Vp
 
 
+@after_side_work
 def encoder_forward(out, inp, wte, wpe) -> None:
     """out (B,T,C) = wte[inp] + wpe[:T]."""
     B, T, C, Vp = _check("encoder_forward", out, inp, wte, wpe)
@@ -26,6 +27,7 @@ def encoder_forward(out, inp, wte, wpe) -> None:
            (out, inp, wte, wpe, np.int32(B * T), np.int32(T), np.int32(C), np.int32(Vp)))
 
 
+@after_side_work
 def encoder_backward(dwte, dwpe, dout, inp) -> None:
     """dwte[inp] += dout; dwpe[:T] += dout summed over B."""
     B, T, C, Vp = _check("encoder_backward", dout, inp, dwte, dwpe)

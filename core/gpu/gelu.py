@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, cdiv, check, check_arrays, launch
+from llmc.core.gpu.runtime import BF16, after_side_work, cdiv, check, check_arrays, launch
 
 
 def _n8(op: str, a, b) -> np.int64:
@@ -12,12 +12,14 @@ def _n8(op: str, a, b) -> np.int64:
     return np.int64(a.size // 8)
 
 
+@after_side_work
 def gelu_forward(out, inp) -> None:
     """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     n8 = _n8("gelu_forward", out, inp)
     launch("gelu", "gelu_forward", cdiv(int(n8), 256), 256, (out, inp, n8))
 
 
+@after_side_work
 def gelu_backward(dinp, inp, dout) -> None:
     """dinp = gelu'(inp) * dout (dinp may be dout itself)."""
     n8 = _n8("gelu_backward", dinp, inp)

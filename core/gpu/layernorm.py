@@ -4,7 +4,8 @@ projection bias gradients into layernorm backward (its dproj_bias), so neither c
 
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, NUM_SMS, cdiv, check, check_arrays, launch, ptr, rows, scratch
+from llmc.core.gpu.runtime import (BF16, NUM_SMS, after_side_work, cdiv, check, check_arrays, launch, ptr, rows, scratch,
+                                   settle)
 
 ROWS_PER_BLOCK = 8  # forward: one warp per row
 BWD_WARPS = 8  # backward: warps per block, each with 2*C (3*C with dproj_bias) floats of shared memory
@@ -22,6 +23,7 @@ def _check(op: str, out, mean, rstd, inp, weight, bias) -> tuple[int, int]:
     return N, C
 
 
+@after_side_work
 def layernorm_forward(out, mean, rstd, inp, weight, bias) -> None:
     """out (B,T,C) = (inp - mean) * rstd * weight + bias, eps 1e-5; saves mean, rstd (B,T)."""
     N, C = _check("layernorm_forward", out, mean, rstd, inp, weight, bias)
@@ -29,6 +31,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias) -> None:
            (out, mean, rstd, inp, weight, bias, np.int32(N), np.int32(C)))
 
 
+@after_side_work
 def residual_forward(out, inp1, inp2) -> None:
     """out = inp1 + inp2."""
     check_arrays("residual_forward", BF16, out, inp1, inp2)
@@ -51,6 +54,7 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dpro
     per_sm = max(1, min(BWD_BLOCKS_PER_SM, (227 * 1024) // (smem + 1024)))  # registers, shared memory
     blocks = max(1, min(cdiv(N, BWD_WARPS), NUM_SMS * per_sm))
     partial = scratch("layernorm_partial", blocks * sums * C * 4)
+    settle(reads=(dout, inp, weight, mean, rstd), writes=(dinp, dweight, dbias, dproj_bias))
     launch("layernorm", "layernorm_backward", blocks, 32 * BWD_WARPS,
            (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C), np.int32(sums)), shared_mem=smem)
     launch("layernorm", "layernorm_backward_reduce", cdiv(sums * C, 32), (32, 8),

@@ -3,18 +3,15 @@ backward, and a deterministic accumulating bias-gradient kernel (kernels/matmul.
 BGRADB epilogue overwrites instead of accumulating and, measured on an H100 at d12 shapes, slowed
 the weight-gradient GEMM by more than the separate kernel costs.)
 
-Backward's two GEMMs are independent: for each shape, the first call times them one after the
-other and side by side on two streams (forked and joined within the call) and keeps the faster.
-Side by side won 8% for the classifier at B=64 on an H100 and lost 4% at B=16."""
+Backward's bias-gradient kernel (memory-bound) runs beside the stream (runtime.beside), overlapping
+the weight and input-gradient GEMMs (compute-bound); nothing needs the bias gradient before the
+optimizer. (The weight-gradient GEMMs beside as well measured no faster: two GEMMs only share the SMs.)"""
 
 import numpy as np
 
 from llmc.core.gpu.cublaslt import Epilogue, gemm
-from llmc.core.gpu.runtime import (BF16, NUM_SMS, cdiv, check, check_arrays, cp, launch, rows, scratch,
-                                   side_stream, stream, wait_for)
-
-TIMING_RUNS = 5
-_side_by_side: dict[tuple, bool] = {}  # per backward shape: run the weight gradient on the side stream
+from llmc.core.gpu.runtime import (BF16, NUM_SMS, beside, cdiv, check, check_arrays, launch, rows,
+                                   scratch, settle)
 
 BIAS_COLS, BIAS_WARPS = 256, 8  # kernels/matmul.cu's block tile
 
@@ -40,6 +37,7 @@ def matmul_forward(out, inp, weight, bias, pre_gelu=None, residual=None) -> None
         epilogue = Epilogue.GELU_AUX_BIAS if bias is not None else Epilogue.GELU_AUX
     else:
         epilogue = Epilogue.BIAS if bias is not None else Epilogue.DEFAULT
+    settle(reads=(inp, weight, bias, residual), writes=(out, pre_gelu))
     gemm(out.data.ptr, inp.data.ptr, weight.data.ptr, N, OC, C, lda=C, ldb=C, ldd=OC, trans_b=True,
          epilogue=epilogue, bias=0 if bias is None else bias.data.ptr,
          aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=OC if pre_gelu is not None else 0,
@@ -54,53 +52,14 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> N
           "matmul_backward: dinp/dweight must have the shapes of inp/weight")
     check(pre_gelu is None or pre_gelu.shape == inp.shape, "matmul_backward: pre_gelu must have the input's shape")
 
-    def weight_grads(dweight_ptr: int, dbias_out, on) -> None:
-        if dbias_out is not None:
-            bias_backward(dbias_out, dout, N, OC, on)
-        gemm(dweight_ptr, dout.data.ptr, inp.data.ptr, OC, C, N, lda=OC, ldb=C, ldd=C, trans_a=True, beta=1.0, on=on)
-
-    def input_grad() -> None:
-        gemm(dinp.data.ptr, dout.data.ptr, weight.data.ptr, N, C, OC, lda=OC, ldb=C, ldd=C,
-             epilogue=Epilogue.DEFAULT if pre_gelu is None else Epilogue.DGELU,
-             aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=C if pre_gelu is not None else 0)
-
-    key = (N, C, OC, pre_gelu is not None, dbias is not None)
-    if _side_by_side.get(key):
-        wait_for(side_stream, stream)
-        weight_grads(dweight.data.ptr, dbias, side_stream)
-        input_grad()
-        wait_for(stream, side_stream)
-        return
+    settle(reads=(dout, inp, weight, pre_gelu), writes=(dinp, dweight))
+    if dbias is not None:
+        beside(lambda on: bias_backward(dbias, dout, N, OC, on), reads=(dout,), writes=(dbias,))
+    gemm(dweight.data.ptr, dout.data.ptr, inp.data.ptr, OC, C, N, lda=OC, ldb=C, ldd=C, trans_a=True, beta=1.0)
     # dinp last: the next layer's backward reads it right away, from L2 if nothing evicted it
-    weight_grads(dweight.data.ptr, dbias, stream)
-    input_grad()
-    if key not in _side_by_side and not stream.is_capturing():  # the first call: decide for later ones
-        _side_by_side[key] = _faster_side_by_side(weight_grads, input_grad, dweight, dbias)
-
-
-def _faster_side_by_side(weight_grads, input_grad, dweight, dbias) -> bool:
-    """Time the two GEMMs one after the other and side by side, the weight and bias gradients into
-    scratch copies (the real ones accumulated once already); True if side by side is faster."""
-    trial_w = cp.empty_like(dweight)  # freed below: the classifier's is 77 MB at d12
-    trial_b = None if dbias is None else cp.empty_like(dbias)
-    weight_grads(trial_w.data.ptr, trial_b, side_stream)  # tunes the side stream's plans
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    ms = []
-    for side_by_side in (False, True):
-        start.record(stream)
-        for _ in range(TIMING_RUNS):
-            if side_by_side:
-                wait_for(side_stream, stream)
-            weight_grads(trial_w.data.ptr, trial_b, side_stream if side_by_side else stream)
-            input_grad()
-            if side_by_side:
-                wait_for(stream, side_stream)
-        end.record(stream)
-        end.synchronize()
-        ms.append(cp.cuda.get_elapsed_time(start, end))
-    del trial_w, trial_b
-    cp.get_default_memory_pool().free_all_blocks()
-    return ms[1] < ms[0]
+    gemm(dinp.data.ptr, dout.data.ptr, weight.data.ptr, N, C, OC, lda=OC, ldb=C, ldd=C,
+         epilogue=Epilogue.DEFAULT if pre_gelu is None else Epilogue.DGELU,
+         aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=C if pre_gelu is not None else 0)
 
 
 def bias_backward(dbias, dout, N: int, OC: int, on=None) -> None:

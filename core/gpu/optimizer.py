@@ -4,11 +4,13 @@ import functools
 
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, NUM_SMS, cdiv, check, check_arrays, launch, ptr, scratch, to_device
+from llmc.core.gpu.runtime import (BF16, NUM_SMS, after_side_work, cdiv, check, check_arrays, launch, ptr, scratch,
+                                   to_device)
 
 NORM_BLOCKS = 4 * NUM_SMS
 
 
+@after_side_work
 def global_norm_squared(out, grads) -> None:
     """out (1,) fp32 = sum of grads**2 (grads flat)."""
     check_arrays("global_norm_squared", BF16, grads)
@@ -25,6 +27,7 @@ def _spans(decayed: tuple[tuple[int, int], ...]):
     return to_device(np.array(decayed, dtype=np.int64).reshape(-1))
 
 
+@after_side_work
 def adamw_update(param, grad, m, v, master, lr: float, beta1: float, beta2: float, eps: float,
                  weight_decay: float, step: int, grad_scale: float, seed: int,
                  decayed: tuple[tuple[int, int], ...] | None = None, norm_squared=None, max_norm: float = 1.0) -> None:

@@ -42,17 +42,70 @@ NUM_SMS = DEVICE.attributes["MultiProcessorCount"]
 
 stream = cp.cuda.Stream(non_blocking=False)
 stream.use()
-# a second stream for work forked from `stream` and joined back within one primitive (a weight
-# gradient GEMM beside the input gradient GEMM); CUDA graph capture follows the fork and the join
+# a second stream for side work: forked from `stream`, joined back where the stream needs it
 side_stream = cp.cuda.Stream(non_blocking=True)
 
 
 def wait_for(waiter: "cp.cuda.Stream", other: "cp.cuda.Stream") -> None:
-    """Make `waiter` wait for the work queued so far on `other` (an event between them, capturable):
-    the fork to the side stream and the join back."""
+    """Make `waiter` wait for the work queued so far on `other` (an event between them, capturable)."""
     event = cp.cuda.Event(disable_timing=True)
     event.record(other)
     waiter.wait_event(event)
+
+
+# ----------------------------------------------------------------------------- side work
+# Memory-bound kernels whose results nothing needs right away (backward's bias gradients) run on
+# the side stream beside the stream's compute-bound GEMMs instead of between them.
+# Each piece of side work is kept with an event and the memory it reads and writes: a primitive
+# that declares what it touches waits for the pieces it would race with (`settle`), every other
+# primitive for all of them (`after_side_work`), as do read-backs and the end of a graph capture.
+
+_side_work: list[tuple["cp.cuda.Event", list[tuple[int, int]], list[tuple[int, int]]]] = []
+
+
+def _spans(arrays) -> list[tuple[int, int]]:
+    return [(a.data.ptr, a.data.ptr + a.nbytes) for a in arrays if a is not None]
+
+
+def _overlap(spans: list[tuple[int, int]], others: list[tuple[int, int]]) -> bool:
+    return any(lo < other_hi and other_lo < hi for lo, hi in spans for other_lo, other_hi in others)
+
+
+def beside(work: Callable[["cp.cuda.Stream"], None], reads: tuple, writes: tuple) -> None:
+    """Queue work(side_stream) after what the stream holds so far, without the stream waiting for it;
+    it reads only `reads` and writes only `writes` (arrays)."""
+    wait_for(side_stream, stream)
+    work(side_stream)
+    done = cp.cuda.Event(disable_timing=True)
+    done.record(side_stream)
+    _side_work.append((done, _spans(reads), _spans(writes)))
+
+
+def settle(reads: tuple = (), writes: tuple = ()) -> None:
+    """Make the stream wait for the side work it would race with by reading `reads` and writing
+    `writes`: the last such piece (the side stream runs its pieces in order)."""
+    reads, writes = _spans(reads), _spans(writes)
+    last = max((i for i, (_, side_reads, side_writes) in enumerate(_side_work)
+                if _overlap(writes, side_reads + side_writes) or _overlap(reads, side_writes)), default=-1)
+    if last >= 0:
+        stream.wait_event(_side_work[last][0])
+        del _side_work[:last + 1]
+
+
+def join_side_work() -> None:
+    """Make the stream wait for all side work queued so far."""
+    if _side_work:
+        stream.wait_event(_side_work[-1][0])
+        _side_work.clear()
+
+
+def after_side_work(primitive: Callable) -> Callable:
+    """A primitive that waits for all side work first (one that does not declare what it touches)."""
+    @functools.wraps(primitive)
+    def run(*args, **kwargs):
+        join_side_work()
+        return primitive(*args, **kwargs)
+    return run
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -153,17 +206,20 @@ def to_device(host, dtype=None):
 
 
 def to_host(arr):
+    join_side_work()
     host = cp.asnumpy(arr, stream=stream)
     return host.astype(np.float32) if host.dtype == BF16 or host.dtype == np.float16 else host
 
 
 def synchronize() -> None:
+    join_side_work()
     stream.synchronize()
 
 
 def fetch(*arrays) -> Callable[[], list[np.ndarray]]:
     """Queue copies of the (contiguous) arrays into pinned host memory at this point of the stream;
     the returned callable waits for them (an event, not the whole stream) and gives the host arrays."""
+    join_side_work()
     pinned = [cupyx.empty_pinned(a.shape, a.dtype) for a in arrays]
     for host, a in zip(pinned, arrays):
         check(a.flags.c_contiguous, "fetch: arrays must be contiguous")
@@ -202,6 +258,7 @@ def graph(fn: Callable[[], None]) -> Callable[[], None]:
                 stream.begin_capture()
                 try:
                     fn()
+                    join_side_work()  # a capture must end with every forked stream joined
                 finally:
                     captured = stream.end_capture()
             state["graph"] = captured
