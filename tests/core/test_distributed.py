@@ -16,10 +16,10 @@ from llmc.core.dataloader import DataLoader
 from llmc.core.distributed import (ALIGN, SingleProcess, exchange_fs, exchange_tcp, id_from_bytes, id_to_bytes,
                                    shard_pieces, whole, zero_shard)
 from llmc.core.errors import LlmcError
-from llmc.core.formats import write_model, write_shard
-from llmc.core.init import random_init
+from llmc.core.formats import write_shard
 from llmc.core.outliers import OutlierDetector
 from llmc.core.train import TrainConfig, Trainer
+from llmc.tests.core.training_data import write_model_and_shards
 
 CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=36)
 
@@ -201,12 +201,7 @@ class ThreadGroup(SingleProcess):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    write_model(d / "model.bin", CFG, random_init(CFG))
-    rng = np.random.default_rng(1)
-    write_shard(d / "train.bin", rng.integers(0, CFG.vocab_size, 3000))
-    write_shard(d / "val.bin", rng.integers(0, CFG.vocab_size, 1200))
-    return d
+    return write_model_and_shards(tmp_path_factory.mktemp("data"), CFG, 3000, 1200, seed=1)
 
 
 def config(data: Path, **kw) -> TrainConfig:

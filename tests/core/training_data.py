@@ -1,4 +1,4 @@
-"""A tiny GPT-2 and token shards for the tests of the training loop (the Trainer and the CLI)."""
+"""Tiny GPT-2 models and token shards for the tests of the training loop (the Trainer and the CLI)."""
 
 from pathlib import Path
 
@@ -19,4 +19,13 @@ def write_training_data(d: Path) -> Path:
     for i, n in enumerate((700, 500, 900)):
         write_shard(d / f"train_{i}.bin", rng.integers(0, CFG.vocab_size, n))
     write_shard(d / "val.bin", rng.integers(0, CFG.vocab_size, 600))
+    return d
+
+
+def write_model_and_shards(d: Path, cfg: GPTConfig, train_tokens: int, val_tokens: int, seed: int) -> Path:
+    """model.bin (cfg, random init), and train.bin and val.bin of random tokens, in d."""
+    write_model(d / "model.bin", cfg, random_init(cfg))
+    rng = np.random.default_rng(seed)
+    write_shard(d / "train.bin", rng.integers(0, cfg.vocab_size, train_tokens))
+    write_shard(d / "val.bin", rng.integers(0, cfg.vocab_size, val_tokens))
     return d

@@ -17,8 +17,8 @@ except Exception:  # CUDA driver or runtime missing
     GPUS = 0
 
 from llmc.core.config import GPTConfig  # noqa: E402
-from llmc.core.formats import HEADER_BYTES, write_model, write_shard  # noqa: E402
-from llmc.core.init import random_init  # noqa: E402
+from llmc.core.formats import HEADER_BYTES  # noqa: E402
+from llmc.tests.core.training_data import write_model_and_shards  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(GPUS == 0, reason="no CUDA GPU")]
 CFG = GPTConfig(max_seq_len=64, vocab_size=200, padded_vocab_size=256, num_layers=2, num_heads=4, channels=128)
@@ -27,12 +27,7 @@ STEP = re.compile(r"step +(\d+)/\d+ \| loss ([\d.]+) .*\| norm ([\d.]+)")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    write_model(d / "model.bin", CFG, random_init(CFG))
-    rng = np.random.default_rng(3)
-    write_shard(d / "train.bin", rng.integers(0, CFG.vocab_size, 20000))
-    write_shard(d / "val.bin", rng.integers(0, CFG.vocab_size, 5000))
-    return d
+    return write_model_and_shards(tmp_path_factory.mktemp("data"), CFG, 20000, 5000, seed=3)
 
 
 def args(data: Path, out: Path, B: int, *extra) -> list[str]:
