@@ -1,0 +1,82 @@
+"""cuBLASLt plans (core/gpu/cublaslt.py): the algorithm timed among the heuristic's candidates and their
+neighbours, kept on disk and taken from there by the next plan of the same shape."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cupy")
+from llmc.tests.core.gpu.util import assert_close, cp, dev, gpu, host, rand, rng  # noqa: E402,F401
+
+from llmc.core.gpu import cublaslt  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+M, N, K = 2048, 1024, 1024  # above TUNE_MIN_FLOP: timed
+
+
+@pytest.fixture
+def plans(tmp_path, monkeypatch) -> list:
+    """The plans gemm uses, recorded; the disk cache in a fresh folder; no plan kept between tests."""
+    monkeypatch.setenv("LLMC_CACHE_DIR", str(tmp_path))
+    cublaslt._plan.cache_clear()
+    used, plan = [], cublaslt._plan
+
+    def recording(key):
+        used.append(plan(key))
+        return used[-1]
+    recording.cache_clear = plan.cache_clear  # as a new process would start
+    monkeypatch.setattr(cublaslt, "_plan", recording)
+    yield used
+    plan.cache_clear()
+
+
+def _product(rng):
+    """out = a @ b.T through gemm, and the fp32 reference."""
+    a, b = rand(rng, M, K), rand(rng, N, K, scale=0.05)
+    da, db = dev(a), dev(b)
+    out = cp.empty((M, N), gpu.act_dtype)
+
+    def run():
+        cublaslt.gemm(out.data.ptr, da.data.ptr, db.data.ptr, M, N, K, lda=K, ldb=K, ldd=N, trans_b=True)
+        return host(out)
+    return run, a @ b.T
+
+
+def _stored() -> dict:
+    return json.loads(cublaslt._cache_file().read_text())[cublaslt._device_tag()]
+
+
+def test_tuned_algorithm_is_kept_on_disk_and_reused(plans, rng, monkeypatch):
+    run, want = _product(rng)
+    first = run()
+    assert_close(first, want, 1e-2, "tuned gemm")
+    assert _stored() == {repr(plans[-1].key): list(cublaslt._config(plans[-1].chosen))}
+
+    cublaslt._plan.cache_clear()  # a new process's plan: no timing, the same algorithm, the same bits
+    monkeypatch.setattr(cublaslt._Plan, "_tune", lambda *a: pytest.fail("timed again despite the cache"))
+    assert np.array_equal(run(), first)
+    assert plans[-1] is not plans[0] and cublaslt._config(plans[-1].chosen) == cublaslt._config(plans[0].chosen)
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"DEVICE": {"KEY": [999999, 0, 0, 1, 0, 0, 0, 0, 0]}}'])
+def test_unreadable_or_stale_cache_is_timed_again(plans, rng, content):
+    run, want = _product(rng)
+    run()
+    key = repr(plans[-1].key)
+    cublaslt._cache_file().write_text(content.replace("DEVICE", cublaslt._device_tag()).replace("KEY", key))
+    cublaslt._plan.cache_clear()
+    assert_close(run(), want, 1e-2, "gemm after a bad cache")
+    assert _stored()[key][0] != 999999
+
+
+def test_neighbours_are_new_valid_configurations(plans, rng):
+    run, _ = _product(rng)
+    run()
+    plan = plans[-1]
+    heuristic = {cublaslt._config(a) for a in plan.candidates}
+    neighbours = plan._neighbours()
+    configs = {cublaslt._config(a) for a in neighbours}
+    assert len(configs) == len(neighbours) and not heuristic & configs
+    assert all(plan._valid(a) for a in neighbours)
