@@ -275,8 +275,10 @@ class _Plan:
                 continue
         finalists = [(ms(algo, FINAL_RUNS), i, algo) for _, i, algo in sorted(timed)[:FINALISTS]]
         if finalists:
-            self.chosen = min(finalists)[2]
-            _remember(k, _config(self.chosen))
+            config = _config(min(finalists)[2])
+            rebuilt = self._from_config(config)  # as later runs will build it from the disk cache
+            self.chosen = rebuilt if self._valid(rebuilt) else min(finalists)[2]
+            _remember(k, config)
         self.tuned = True
         if tmp is not None:
             del tmp
