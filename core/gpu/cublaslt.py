@@ -93,23 +93,36 @@ def _device_tag() -> str:
     return f"{name} sm{device.compute_capability} cublasLt {lt.get_version()}"
 
 
-def _read_cache() -> dict:
+def _load_cache() -> dict:
     try:
-        return json.loads(_cache_file().read_text())
+        cache = json.loads(_cache_file().read_text())
     except (OSError, ValueError):
         return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _read_cache() -> dict:
+    """The disk cache's entries for this GPU and cuBLASLt; nothing if it is missing or malformed."""
+    entries = _load_cache().get(_device_tag())
+    return entries if isinstance(entries, dict) else {}
+
+
+def _cached_config(key: "_Key") -> tuple[int, ...] | None:
+    config = _read_cache().get(repr(key))
+    well_formed = isinstance(config, list) and len(config) == len(CONFIG_FIELDS)
+    return tuple(config) if well_formed and all(isinstance(v, int) for v in config) else None
 
 
 def _remember(key: "_Key", config: tuple[int, ...]) -> None:
     """Adds one tuned choice to the disk cache (re-read first, other processes may have written it);
     a cache that cannot be written is only a cache: the next run times again."""
     path = _cache_file()
-    cache = _read_cache()
-    cache.setdefault(_device_tag(), {})[repr(key)] = list(config)
+    cache = _load_cache()
+    cache[_device_tag()] = {**_read_cache(), repr(key): list(config)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=0))
+        tmp.write_text(json.dumps(cache))
         os.replace(tmp, path)
     except OSError:
         pass
@@ -181,8 +194,8 @@ class _Plan:
             raise LlmcError(f"cuBLASLt has no algorithm for {k}")
         self.tuned = 2 * k.M * k.N * k.K * k.batch < TUNE_MIN_FLOP
         self.chosen = self.candidates[0]
-        cached = _read_cache().get(_device_tag(), {}).get(repr(k)) if not self.tuned else None
-        if cached is not None and self._valid(algo := self._from_config(tuple(cached))):
+        cached = None if self.tuned else _cached_config(k)
+        if cached is not None and self._valid(algo := self._from_config(cached)):
             self.chosen, self.tuned = algo, True
 
     @property
@@ -209,8 +222,8 @@ class _Plan:
             lt.matmul_algo_init(_handle, COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, out_type, out_type,
                                 config[0], algo.ctypes.data)
             return _configured(algo, config)
-        except lt.cuBLASLtError:
-            return algo  # an id this cuBLASLt lacks: fails _valid
+        except (lt.cuBLASLtError, OverflowError):
+            return algo  # an id or value this cuBLASLt lacks: fails _valid
 
     def _neighbours(self) -> list[np.ndarray]:
         """The first VARIED candidates with every cluster shape, CTA swizzling and custom option

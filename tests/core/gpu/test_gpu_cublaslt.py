@@ -1,8 +1,6 @@
 """cuBLASLt plans (core/gpu/cublaslt.py): the algorithm timed among the heuristic's candidates and their
 neighbours, kept on disk and taken from there by the next plan of the same shape."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -44,15 +42,11 @@ def _product(rng):
     return run, a @ b.T
 
 
-def _stored() -> dict:
-    return json.loads(cublaslt._cache_file().read_text())[cublaslt._device_tag()]
-
-
 def test_tuned_algorithm_is_kept_on_disk_and_reused(plans, rng, monkeypatch):
     run, want = _product(rng)
     first = run()
     assert_close(first, want, 1e-2, "tuned gemm")
-    assert _stored() == {repr(plans[-1].key): list(cublaslt._config(plans[-1].chosen))}
+    assert cublaslt._read_cache() == {repr(plans[-1].key): list(cublaslt._config(plans[-1].chosen))}
 
     cublaslt._plan.cache_clear()  # a new process's plan: no timing, the same algorithm, the same bits
     monkeypatch.setattr(cublaslt._Plan, "_tune", lambda *a: pytest.fail("timed again despite the cache"))
@@ -60,15 +54,17 @@ def test_tuned_algorithm_is_kept_on_disk_and_reused(plans, rng, monkeypatch):
     assert plans[-1] is not plans[0] and cublaslt._config(plans[-1].chosen) == cublaslt._config(plans[0].chosen)
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"DEVICE": {"KEY": [999999, 0, 0, 1, 0, 0, 0, 0, 0]}}'])
+@pytest.mark.parametrize("content", [
+    "{not json", "[1, 2]", '{"DEVICE": [1]}', '{"DEVICE": {"KEY": "x"}}', '{"DEVICE": {"KEY": [66, 1]}}',
+    '{"DEVICE": {"KEY": [999999, 0, 0, 1, 0, 0, 0, 0, 0]}}', '{"DEVICE": {"KEY": [66, -5, 0, 1, 0, 0, 0, 0, 0]}}'])
 def test_unreadable_or_stale_cache_is_timed_again(plans, rng, content):
     run, want = _product(rng)
     run()
-    key = repr(plans[-1].key)
-    cublaslt._cache_file().write_text(content.replace("DEVICE", cublaslt._device_tag()).replace("KEY", key))
+    key = plans[-1].key
+    cublaslt._cache_file().write_text(content.replace("DEVICE", cublaslt._device_tag()).replace("KEY", repr(key)))
     cublaslt._plan.cache_clear()
     assert_close(run(), want, 1e-2, "gemm after a bad cache")
-    assert _stored()[key][0] != 999999
+    assert cublaslt._cached_config(key) == cublaslt._config(plans[-1].chosen)
 
 
 def test_neighbours_are_new_valid_configurations(plans, rng):
