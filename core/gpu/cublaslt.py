@@ -101,9 +101,9 @@ def _load_cache() -> dict:
     return cache if isinstance(cache, dict) else {}
 
 
-def _read_cache() -> dict:
+def _read_cache(cache: dict | None = None) -> dict:
     """The disk cache's entries for this GPU and cuBLASLt; nothing if it is missing or malformed."""
-    entries = _load_cache().get(_device_tag())
+    entries = (_load_cache() if cache is None else cache).get(_device_tag())
     return entries if isinstance(entries, dict) else {}
 
 
@@ -118,7 +118,7 @@ def _remember(key: "_Key", config: tuple[int, ...]) -> None:
     a cache that cannot be written is only a cache: the next run times again."""
     path = _cache_file()
     cache = _load_cache()
-    cache[_device_tag()] = {**_read_cache(), repr(key): list(config)}
+    cache[_device_tag()] = {**_read_cache(cache), repr(key): list(config)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
