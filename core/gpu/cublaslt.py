@@ -195,7 +195,7 @@ class _Plan:
         self.tuned = 2 * k.M * k.N * k.K * k.batch < TUNE_MIN_FLOP
         self.chosen = self.candidates[0]
         cached = None if self.tuned else _cached_config(k)
-        if cached is not None and self._valid(algo := self._from_config(cached)):
+        if cached is not None and (algo := self._from_config(cached)) is not None:
             self.chosen, self.tuned = algo, True
 
     @property
@@ -215,15 +215,17 @@ class _Plan:
         return (int(result.workspace_size) <= WORKSPACE_BYTES
                 and all(_capability(algo, cap) <= have for cap, have in needs))
 
-    def _from_config(self, config: tuple[int, ...]) -> np.ndarray:
+    def _from_config(self, config: tuple[int, ...]) -> np.ndarray | None:
+        """The algorithm a configuration names, if cuBLASLt has it and accepts it for this plan."""
         out_type = CUDA_R_32F if self.key.out_f32 else CUDA_R_16BF
         algo = np.zeros(_ALGO_BYTES, dtype=np.uint8)
         try:
             lt.matmul_algo_init(_handle, COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, out_type, out_type,
                                 config[0], algo.ctypes.data)
-            return _configured(algo, config)
-        except (lt.cuBLASLtError, OverflowError):
-            return algo  # an id or value this cuBLASLt lacks: fails _valid
+            algo = _configured(algo, config)
+        except (lt.cuBLASLtError, OverflowError):  # an id or a value this cuBLASLt lacks
+            return None
+        return algo if self._valid(algo) else None
 
     def _neighbours(self) -> list[np.ndarray]:
         """The first VARIED candidates with every cluster shape, CTA swizzling and custom option
@@ -288,10 +290,13 @@ class _Plan:
                 continue
         finalists = [(ms(algo, FINAL_RUNS), i, algo) for _, i, algo in sorted(timed)[:FINALISTS]]
         if finalists:
-            config = _config(min(finalists)[2])
-            rebuilt = self._from_config(config)  # as later runs will build it from the disk cache
-            self.chosen = rebuilt if self._valid(rebuilt) else min(finalists)[2]
-            _remember(k, config)
+            fastest = min(finalists)[2]
+            rebuilt = self._from_config(_config(fastest))  # as later runs will build it from the disk cache
+            if rebuilt is None:
+                self.chosen = fastest  # usable here, not from its configuration: not kept
+            else:
+                self.chosen = rebuilt
+                _remember(k, _config(fastest))
         self.tuned = True
         if tmp is not None:
             del tmp
