@@ -15,6 +15,7 @@ cuBLASLt is column-major: a row-major (r, c) matrix with leading dimension ld is
 
 import ctypes
 import functools
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -58,8 +59,8 @@ def _set(setter, obj, attr, value) -> None:
     setter(obj, attr, buf.ctypes.data, buf.nbytes)
 
 
-def _get(getter, obj, attr, dtype) -> int:
-    buf, written = np.zeros(1, dtype=dtype(attr)), np.zeros(1, dtype=np.uint64)
+def _get(getter, obj, attr, dtype_of) -> int:
+    buf, written = np.zeros(1, dtype=dtype_of(attr)), np.zeros(1, dtype=np.uint64)
     getter(obj, attr, buf.ctypes.data, buf.nbytes, written.ctypes.data)
     return int(buf[0])
 
@@ -236,19 +237,17 @@ class _Plan:
             base = _config(algo)
             swizzles = range(2 if _capability(algo, lt.MatmulAlgoCapAttribute.CTA_SWIZZLING_SUPPORT) else 1)
             options = range(_capability(algo, lt.MatmulAlgoCapAttribute.CUSTOM_OPTION_MAX) + 1)
-            for cluster in CLUSTER_SHAPES:
-                for swizzle in swizzles:
-                    for option in options:
-                        config = base[:3] + (1, 0, swizzle, option, base[7], cluster)
-                        if config in seen:
-                            continue
-                        seen.add(config)
-                        try:
-                            variant = _configured(algo, config)
-                        except lt.cuBLASLtError:
-                            continue
-                        if self._valid(variant):
-                            found.append(variant)
+            for cluster, swizzle, option in itertools.product(CLUSTER_SHAPES, swizzles, options):
+                config = base[:3] + (1, 0, swizzle, option, base[7], cluster)
+                if config in seen:
+                    continue
+                seen.add(config)
+                try:
+                    variant = _configured(algo, config)
+                except lt.cuBLASLtError:
+                    continue
+                if self._valid(variant):
+                    found.append(variant)
         return found
 
     @staticmethod
@@ -291,12 +290,13 @@ class _Plan:
         finalists = [(ms(algo, FINAL_RUNS), i, algo) for _, i, algo in sorted(timed)[:FINALISTS]]
         if finalists:
             fastest = min(finalists)[2]
-            rebuilt = self._from_config(_config(fastest))  # as later runs will build it from the disk cache
+            config = _config(fastest)
+            rebuilt = self._from_config(config)  # as later runs will build it from the disk cache
             if rebuilt is None:
                 self.chosen = fastest  # usable here, not from its configuration: not kept
             else:
                 self.chosen = rebuilt
-                _remember(k, _config(fastest))
+                _remember(k, config)
         self.tuned = True
         if tmp is not None:
             del tmp
