@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from llmc.core.errors import LlmcError
-from llmc.core.gpu.runtime import scratch, stream
+from llmc.core.gpu.runtime import DEVICE, DEVICE_NAME, cp, scratch, stream
 
 try:
     from nvmath.bindings import cublasLt as lt
@@ -88,10 +88,7 @@ def _cache_file() -> Path:
 
 @functools.cache
 def _device_tag() -> str:
-    import cupy as cp
-    device = cp.cuda.Device()
-    name = cp.cuda.runtime.getDeviceProperties(device.id)["name"].decode()
-    return f"{name} sm{device.compute_capability} cublasLt {lt.get_version()}"
+    return f"{DEVICE_NAME} sm{DEVICE.compute_capability} cublasLt {lt.get_version()}"
 
 
 def _load_cache() -> dict:
@@ -263,7 +260,6 @@ class _Plan:
         """Time the candidates and their neighbours on the call's own operands, keep the fastest and
         remember it on disk. Runs once, eagerly, before any capture. A plain call just writes its outputs
         several times; one that accumulates in place (beta != 0, C = D) writes a temporary copy instead."""
-        import cupy as cp
         k = self.key
         tmp = None
         if in_place:

@@ -38,6 +38,7 @@ if _num_devices == 0:
 BF16 = np.dtype(ml_dtypes.bfloat16)
 KERNELS = Path(__file__).parent / "kernels"
 DEVICE = cp.cuda.Device()
+DEVICE_NAME = cp.cuda.runtime.getDeviceProperties(DEVICE.id)["name"].decode()
 NUM_SMS = DEVICE.attributes["MultiProcessorCount"]
 
 stream = cp.cuda.Stream(non_blocking=False)
@@ -237,7 +238,7 @@ def fetch(*arrays) -> Callable[[], list[np.ndarray]]:
 
 def promised_flops() -> float:
     """This device's dense bf16 FLOP/s (llm.c's MFU denominator), -1 when unknown (llm.c prints -100%)."""
-    return promised_bf16_flops(cp.cuda.runtime.getDeviceProperties(DEVICE.id)["name"].decode())
+    return promised_bf16_flops(DEVICE_NAME)
 
 
 def graph(fn: Callable[[], None]) -> Callable[[], None]:
