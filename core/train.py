@@ -116,8 +116,13 @@ class StepTimer:
             mfu = f"{100 * fraction:.1f}% bf16 MFU | "
         return dt, tps, mfu
 
+    def mean(self) -> float | None:
+        """The mean step time after the warmup step, None before there is one."""
+        return self.total / (self.steps_run - 1) if self.steps_run > 1 else None
+
     def eta(self, steps_left: int, dt: float) -> float:
-        return (self.total / (self.steps_run - 1) if self.steps_run > 1 else dt) * steps_left
+        mean = self.mean()
+        return (dt if mean is None else mean) * steps_left
 
 
 def print_table(rows: list[tuple[str, object]], out: Callable[[str], None]) -> None:
@@ -196,9 +201,8 @@ class Trainer:
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.train_step = backend.graph(self._forward_backward)
         self.step_losses = backend.xp.zeros((self.grad_accum, cfg.B, cfg.T), dtype=np.float32)
-        self.promised_flops = backend.promised_flops()  # None: no MFU column (the CPU)
-        self.flops_per_step = flops_per_token(model_cfg, cfg.T) * total // self.group.world  # one process's
-        self.timer = StepTimer(total, self.flops_per_step, self.promised_flops)
+        flops_per_step = flops_per_token(model_cfg, cfg.T) * total // self.group.world  # one process's
+        self.timer = StepTimer(total, flops_per_step, backend.promised_flops())  # None: no MFU column (the CPU)
         self.log_path = self._open_output_dir(resume_step)  # last: a failed start leaves -o untouched
 
     # ------------------------------------------------------------------ output dir, checkpoints, resume
@@ -446,13 +450,6 @@ class Trainer:
         self.model.update(self._lr(step), 0.9, 0.95, 1e-8, self.cfg.weight_decay, step + 1, grad_scale,
                           seed=step * 1000003 + 1, clip_to=clip_to)
 
-    def _queue_update(self, step: int, loader_state: dict) -> QueuedStep:
-        """Queue the step's AdamW, clipped to norm 1.0 on the device and skipped there if the norm is
-        not finite, then the read-back of its losses and norm."""
-        self._update(step, clip_to=1.0)
-        return QueuedStep(step, self._lr(step), loader_state, True,
-                          self.backend.fetch(self.step_losses, self.model.norm_squared))
-
     def finish_step(self, queued: QueuedStep) -> tuple[float, float, float, float, float]:
         """Wait for a queued step's losses and norm: (loss, loss z, norm, norm z, lr). Under -sl/-sg
         the host decides the update here, after the read-back; otherwise it was queued before."""
@@ -519,18 +516,19 @@ class Trainer:
             if last:
                 break
             loader_state = self._queue_micro_steps()
+            if ahead and in_flight is not None:  # the step before, read back while the device runs this one
+                self._report(in_flight)  # before this step's update is queued: a failed step stops ahead of it
+            if not host_decides:  # AdamW clipped to norm 1.0 on the device, skipped there if the norm is not finite
+                self._update(self.step, clip_to=1.0)
+            queued = QueuedStep(self.step, self._lr(self.step), loader_state, not host_decides,
+                                self.backend.fetch(self.step_losses, self.model.norm_squared))
             if ahead:
-                if in_flight is not None:  # the step before, read back while the device runs this one
-                    self._report(in_flight)
-                in_flight = self._queue_update(self.step, loader_state)
-            elif host_decides:
-                self._report(QueuedStep(self.step, self._lr(self.step), loader_state, False,
-                                        self.backend.fetch(self.step_losses, self.model.norm_squared)))
+                in_flight = queued
             else:
-                self._report(self._queue_update(self.step, loader_state))
+                self._report(queued)
             self.step += 1  # the boundary the queued updates reach
-        if self.timer.steps_run > 1:
-            self.out(f"total average iteration time: {self.timer.total / (self.timer.steps_run - 1) * 1000:f} ms")
+        if self.timer.mean() is not None:
+            self.out(f"total average iteration time: {self.timer.mean() * 1000:f} ms")
 
     def _report(self, queued: QueuedStep) -> None:
         """Finish a queued step and print its line: the step ends at its read-back."""
