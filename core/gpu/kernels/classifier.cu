@@ -63,8 +63,9 @@ __device__ __forceinline__ void store_dlogits(bf16* x, int p, const float (&v)[P
     __stcs(reinterpret_cast<uint4*>(x) + p, out);  // streamed: the GEMMs read dlogits much later
 }
 
-__device__ __forceinline__ float row_loss(float m, float s, int target, int V, float x_target) {
-    return target >= 0 && target < V ? m + logf(s) - x_target : QNAN;
+// -log softmax(row)[target] from the row's (max, sum of exp); NaN for a target outside [0, V)
+__device__ __forceinline__ float row_loss(float m, float s, int target, int V, const bf16* row) {
+    return target >= 0 && target < V ? m + logf(s) - __bfloat162float(row[target]) : QNAN;
 }
 
 // Streaming version (inference, or rows too long for shared memory): one pass keeps a running
@@ -82,7 +83,7 @@ extern "C" __global__ void softmax_crossentropy(float* losses, bf16* logits, con
     block_softmax_stats(m, s);
     int target = targets[blockIdx.x];
     if (threadIdx.x == 0)
-        losses[blockIdx.x] = row_loss(m, s, target, V, target >= 0 && target < V ? __bfloat162float(x[target]) : 0.0f);
+        losses[blockIdx.x] = row_loss(m, s, target, V, x);
     if (!write_grad) return;
     __syncthreads();  // x[target] is read above before any thread overwrites it
     float inv = 1.0f / s;
@@ -126,10 +127,7 @@ softmax_crossentropy_train(float* losses, bf16* logits, const int* targets, int 
         }
         s = block_sum(s, shared);
         int target = targets[r];
-        if (threadIdx.x == 0) {
-            bool valid = target >= 0 && target < V;
-            losses[r] = row_loss(m, s, target, V, valid ? __bfloat162float(reinterpret_cast<const bf16*>(row)[target]) : 0.0f);
-        }
+        if (threadIdx.x == 0) losses[r] = row_loss(m, s, target, V, reinterpret_cast<const bf16*>(row));
         float inv = 1.0f / s;
         bf16* x = logits + (long)r * Vp;
         for (int p = threadIdx.x; p < packs; p += blockDim.x) {
