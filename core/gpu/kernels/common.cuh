@@ -31,14 +31,17 @@ __device__ __forceinline__ void load8_cs(float (&out)[PACK], const bf16* p) {
     unpack8(out, __ldcs(reinterpret_cast<const uint4*>(p)));
 }
 
-// round 8 fp32 to bf16 (nearest even) and store 16 bytes
-__device__ __forceinline__ void store8(bf16* p, const float (&in)[PACK]) {
+// round 8 fp32 to bf16 (nearest even) in one 128-bit register
+__device__ __forceinline__ uint4 pack8(const float (&in)[PACK]) {
     uint4 raw;
     __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
 #pragma unroll
     for (int i = 0; i < PACK / 2; i++) h[i] = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
-    *reinterpret_cast<uint4*>(p) = raw;
+    return raw;
 }
+
+// round 8 fp32 to bf16 and store 16 bytes
+__device__ __forceinline__ void store8(bf16* p, const float (&in)[PACK]) { *reinterpret_cast<uint4*>(p) = pack8(in); }
 
 // 16-byte asynchronous copies global -> shared (sm_80+), in commit groups
 __device__ __forceinline__ void copy_async16(void* shared, const void* global) {
