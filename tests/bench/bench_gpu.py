@@ -7,9 +7,10 @@ loss/norm read-back to the next, so each holds a forward + backward graph, the n
 The reference is PyTorch with torch.compile, flash attention (F.scaled_dot_product_attention), bf16
 autocast and fused AdamW, fp32 weights, each step timed by host clock up to its loss read-back (as a
 training loop that logs every step). Medians over the measured steps (means printed beside them), after
-20 warm-up steps: on an H100 at its power cap, llmc's first ~5 steps at B=64 ran ~3% faster than the
-later ones. Each configuration runs in its own child process; peak memory is the device's used memory
-(total - free, llm.c's measure, CUDA context included) after the steps.
+50 warm-up steps: an H100 at its power cap runs the first ~0.8 s of load faster, then slows down for
+~0.3 s (e.g. llmc at B=16: 28.4 ms a step, then 32-33, back to 28.4 by ~1.2 s), for both sides. Each
+configuration runs in its own child process; peak memory is the device's used memory (total - free,
+llm.c's measure, CUDA context included) after the steps.
 `--profile` adds llmc's per-primitive GPU time (CUDA events around each eager call).
 """
 
@@ -196,8 +197,8 @@ def main() -> None:
     ap.add_argument("-e", default="d12", help="model descriptor or .bin")
     ap.add_argument("-b", type=int, nargs="+", default=[16, 64], help="batch sizes")
     ap.add_argument("-t", type=int, default=1024)
-    ap.add_argument("--warmup", type=int, default=20,
-                    help="steps not timed: under a power cap the clock settles over the first ~0.5 s")
+    ap.add_argument("--warmup", type=int, default=50,
+                    help="steps not timed: under a power cap the clock settles over the first ~1.2 s")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--only", choices=["llmc", "torch"], help="run one side only")
     ap.add_argument("--profile", action="store_true", help="llmc's per-primitive GPU time")
