@@ -7,6 +7,7 @@ rejects), a fallback computes the same thing from cuBLASLt batched matmuls over 
 batch element at a time and the softmax kernels of kernels/attention.cu, keeping the same state.
 """
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -42,6 +43,14 @@ cudnn = _import_cudnn()
 BACKEND = "cudnn" if cudnn is not None else "fallback"  # tests switch this to check the fallback
 
 
+@functools.cache
+def cudnn_handle():
+    """The one cuDNN handle, on the backend's stream (every cuDNN graph of llmc runs there)."""
+    handle = cudnn.create_handle()
+    cudnn.set_stream(handle=handle, stream=stream.ptr)
+    return handle
+
+
 def attention_stats_shape(B: int, T: int, NH: int) -> tuple[int, ...]:
     return (B, NH, T)
 
@@ -75,12 +84,7 @@ def _shape(op: str, qkv, out, stats, num_heads: int) -> Shape:
 
 class _CudnnSdpa:
     """cuDNN forward and backward graphs for one shape; tensors are strided views into qkv/dqkv."""
-    _handle = None
-
     def __init__(self, s: Shape):
-        if _CudnnSdpa._handle is None:
-            _CudnnSdpa._handle = cudnn.create_handle()
-            cudnn.set_stream(handle=_CudnnSdpa._handle, stream=stream.ptr)
         dt = cudnn.data_type
         self.dims = [s.B, s.NH, s.T, s.HS]
         self.qkv_stride = [s.T * 3 * s.C, s.HS, 3 * s.C, 1]
@@ -93,7 +97,7 @@ class _CudnnSdpa:
 
     def _graph(self):
         return cudnn.pygraph(io_data_type=self.io, intermediate_data_type=self.f32, compute_data_type=self.f32,
-                             handle=self._handle)
+                             handle=cudnn_handle())
 
     def _tensor(self, g, name: str, stride: list[int]):
         return g.tensor(name=name, dim=self.dims, stride=stride, data_type=self.io)
@@ -130,13 +134,13 @@ class _CudnnSdpa:
         q, k, v, o, st = self.fwd_tensors
         p, e = qkv.data.ptr, 2 * self.shape.C  # bytes from q to k (and k to v) within a row
         self.fwd.execute({q: p, k: p + e, v: p + 2 * e, o: out.data.ptr, st: stats.data.ptr},
-                         self._workspace(self.fwd), handle=self._handle)
+                         self._workspace(self.fwd), handle=cudnn_handle())
 
     def backward(self, dqkv, dout, qkv, out, stats) -> None:
         q, k, v, o, do, st, dq, dk, dv = self.bwd_tensors
         p, d, e = qkv.data.ptr, dqkv.data.ptr, 2 * self.shape.C
         self.bwd.execute({q: p, k: p + e, v: p + 2 * e, o: out.data.ptr, do: dout.data.ptr, st: stats.data.ptr,
-                          dq: d, dk: d + e, dv: d + 2 * e}, self._workspace(self.bwd), handle=self._handle)
+                          dq: d, dk: d + e, dv: d + 2 * e}, self._workspace(self.bwd), handle=cudnn_handle())
 
 
 _sdpa: dict[Shape, _CudnnSdpa] = {}

@@ -105,18 +105,24 @@ def _read_cache(cache: dict | None = None) -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
+def cached(key: str):
+    """The choice kept on disk under key for this GPU and cuBLASLt, or None (gelu_gemm.py keeps its
+    choices here too)."""
+    return _read_cache().get(key)
+
+
 def _cached_config(key: "_Key") -> tuple[int, ...] | None:
-    config = _read_cache().get(repr(key))
+    config = cached(repr(key))
     well_formed = isinstance(config, list) and len(config) == len(CONFIG_FIELDS)
     return tuple(config) if well_formed and all(isinstance(v, int) for v in config) else None
 
 
-def _remember(key: "_Key", config: tuple[int, ...]) -> None:
+def remember(key: str, value: list) -> None:
     """Adds one tuned choice to the disk cache (re-read first, other processes may have written it);
     a cache that cannot be written is only a cache: the next run times again."""
     path = _cache_file()
     cache = _load_cache()
-    cache[_device_tag()] = {**_read_cache(cache), repr(key): list(config)}
+    cache[_device_tag()] = {**_read_cache(cache), key: value}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -292,7 +298,7 @@ class _Plan:
                 self.chosen = fastest  # usable here, not from its configuration: not kept
             else:
                 self.chosen = rebuilt
-                _remember(k, config)
+                remember(repr(k), list(config))
         self.tuned = True
         if tmp is not None:
             del tmp

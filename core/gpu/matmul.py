@@ -1,7 +1,8 @@
-"""Linear layers: cuBLASLt with the bias and GELU fused as epilogues in forward, dGELU fused in
-backward, and a deterministic accumulating bias-gradient kernel (kernels/matmul.cu). (cuBLASLt's
-BGRADB epilogue overwrites instead of accumulating and, measured on an H100 at d12 shapes, slowed
-the weight-gradient GEMM by more than the separate kernel costs.)
+"""Linear layers: cuBLASLt with the bias and GELU fused as epilogues in forward (bias and GELU together
+through cuDNN's fused kernel where that is faster: gelu_gemm.py), dGELU fused in backward, and a
+deterministic accumulating bias-gradient kernel (kernels/matmul.cu). (cuBLASLt's BGRADB epilogue
+overwrites instead of accumulating and, measured on an H100 at d12 shapes, slowed the weight-gradient
+GEMM by more than the separate kernel costs.)
 
 Backward's bias-gradient kernel (memory-bound) runs beside the stream (runtime.beside), overlapping
 the weight and input-gradient GEMMs (compute-bound); nothing needs the bias gradient before the
@@ -10,6 +11,7 @@ optimizer. (The weight-gradient GEMMs beside as well measured no faster: two GEM
 import numpy as np
 
 from llmc.core.gpu.cublaslt import Epilogue, gemm
+from llmc.core.gpu.gelu_gemm import gelu_gemm
 from llmc.core.gpu.runtime import (BF16, NUM_SMS, beside, cdiv, check, check_arrays, launch, rows,
                                    scratch, settle)
 
@@ -38,10 +40,16 @@ def matmul_forward(out, inp, weight, bias, pre_gelu=None, residual=None) -> None
     else:
         epilogue = Epilogue.BIAS if bias is not None else Epilogue.DEFAULT
     settle(reads=(inp, weight, bias, residual), writes=(out, pre_gelu))
-    gemm(out.data.ptr, inp.data.ptr, weight.data.ptr, N, OC, C, lda=C, ldb=C, ldd=OC, trans_b=True,
-         epilogue=epilogue, bias=0 if bias is None else bias.data.ptr,
-         aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=OC if pre_gelu is not None else 0,
-         beta=0.0 if residual is None else 1.0, c=0 if residual is None else residual.data.ptr)
+
+    def with_cublaslt() -> None:
+        gemm(out.data.ptr, inp.data.ptr, weight.data.ptr, N, OC, C, lda=C, ldb=C, ldd=OC, trans_b=True,
+             epilogue=epilogue, bias=0 if bias is None else bias.data.ptr,
+             aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=OC if pre_gelu is not None else 0,
+             beta=0.0 if residual is None else 1.0, c=0 if residual is None else residual.data.ptr)
+    if epilogue == Epilogue.GELU_AUX_BIAS:
+        gelu_gemm(out, pre_gelu, inp, weight, bias, with_cublaslt)
+    else:
+        with_cublaslt()
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> None:
