@@ -1,7 +1,8 @@
 """The GPU backend: CuPy, bf16 activations/parameters/gradients, fp32 optimizer state; cuBLASLt
 (nvmath-python) matmuls (the MLP's GELU one through cuDNN where that is faster), cuDNN flash attention
-(nvidia-cudnn-frontend, with a plain fallback) and llmc's own CUDA kernels (core/gpu/kernels). Implements core/primitives.py; importing it without
-CuPy or a GPU raises LlmcError, never a silent fall back to the CPU."""
+(nvidia-cudnn-frontend, with a plain fallback) and llmc's own CUDA kernels (core/gpu/kernels).
+Implements core/primitives.py; importing it without CuPy or a GPU raises LlmcError, never a silent
+fall back to the CPU."""
 
 from llmc.core.gpu.runtime import (BF16, cp, fetch, graph, promised_flops, synchronize, to_device,  # runtime first:
                                    to_host)  # it checks for CuPy and a GPU

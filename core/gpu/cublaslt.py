@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from llmc.core.errors import LlmcError
-from llmc.core.gpu.runtime import DEVICE, DEVICE_NAME, cp, scratch, stream
+from llmc.core.gpu.runtime import DEVICE, DEVICE_NAME, cp, scratch, stream, time_ms
 
 try:
     from nvmath.bindings import cublasLt as lt
@@ -271,17 +271,10 @@ class _Plan:
         if in_place:
             tmp = cp.empty((k.stride_d * (k.batch - 1) + k.ldd * k.M) * (4 if k.out_f32 else 2), dtype=cp.uint8)
             c = d = tmp.data.ptr
-        start, end = cp.cuda.Event(), cp.cuda.Event()
 
         def ms(algo: np.ndarray, runs: int) -> float:
-            for repeat in range(runs + 1):  # the first run loads the kernel
-                if repeat == 1:
-                    start.record(on)
-                lt.matmul(_handle, self.desc, alpha, b, self.a, a, self.b, beta, c, self.d, d, self.d,
-                          algo.ctypes.data, workspace, WORKSPACE_BYTES, on.ptr)
-            end.record(on)
-            end.synchronize()
-            return cp.cuda.get_elapsed_time(start, end) / runs
+            return time_ms(lambda: lt.matmul(_handle, self.desc, alpha, b, self.a, a, self.b, beta, c, self.d, d,
+                                             self.d, algo.ctypes.data, workspace, WORKSPACE_BYTES, on.ptr), runs, on)
 
         timed = []
         for algo in self.candidates + self._neighbours():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from llmc.core.gpu.attention import cudnn, cudnn_handle
 from llmc.core.gpu.cublaslt import cached, remember
-from llmc.core.gpu.runtime import check, cp, rows, scratch, stream
+from llmc.core.gpu.runtime import check, rows, scratch, stream, time_ms
 
 RUNS = 8  # timed runs of each candidate, after one untimed
 CUBLASLT = "cublaslt"
@@ -68,35 +68,24 @@ class _Graph:
                                          workspace.data.ptr, self.index, handle=cudnn_handle())
 
 
-def _ms(run: Callable[[], None]) -> float:
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    run()
-    start.record(stream)
-    for _ in range(RUNS):
-        run()
-    end.record(stream)
-    end.synchronize()
-    return cp.cuda.get_elapsed_time(start, end) / RUNS
-
-
 def _choose(k: _Key, operands: tuple, with_cublaslt: Callable[[], None]) -> _Graph | None:
     """The cuDNN graph with its fastest plan, or None where cuBLASLt is faster (or cuDNN absent)."""
     if cudnn is None:
+        return None
+    key = f"gelu_gemm {k.N}x{k.C}x{k.OC} cuDNN {cudnn.backend_version()}"
+    choice = cached(key)
+    if choice == [CUBLASLT]:  # no cuDNN graph to build
         return None
     try:
         graph = _Graph(k)
     except Exception:  # a shape or GPU cuDNN's runtime fusion does not take
         return None
-    key = f"gelu_gemm {k.N}x{k.C}x{k.OC} cuDNN {cudnn.backend_version()}"
-    choice = cached(key)
-    if choice == [CUBLASLT]:
-        return None
     if isinstance(choice, list) and len(choice) == 1 and graph.use(choice[0]):
         return graph
-    times = {CUBLASLT: _ms(with_cublaslt)}  # its first call also tunes its algorithm
+    times = {CUBLASLT: time_ms(with_cublaslt, RUNS)}  # its first call also tunes its algorithm
     for name in graph.names:
         if graph.use(name):
-            times[name] = _ms(lambda: graph(*operands))
+            times[name] = time_ms(lambda: graph(*operands), RUNS)
     fastest = min(times, key=times.get)
     remember(key, [fastest])
     if fastest == CUBLASLT:

@@ -109,6 +109,20 @@ def after_side_work(primitive: Callable) -> Callable:
     return run
 
 
+def time_ms(run: Callable[[], None], runs: int, on: "cp.cuda.Stream | None" = None) -> float:
+    """Mean milliseconds of `runs` calls of run() queued on `on` (default: the stream), after one
+    untimed call that loads its kernel. For choosing among kernels, eagerly: it synchronizes."""
+    on = on or stream
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    run()
+    start.record(on)
+    for _ in range(runs):
+        run()
+    end.record(on)
+    end.synchronize()
+    return cp.cuda.get_elapsed_time(start, end) / runs
+
+
 # ----------------------------------------------------------------------------- kernels
 
 def _source(path: Path) -> str:
