@@ -1,71 +1,110 @@
-"""llm.c's train_gpt2.cu flags, declared once for train-cpu and train-gpu (same spellings,
-meanings and defaults; train-cpu takes train_gpt2.c's B=4, T=64 and refuses the GPU-only ones)."""
+"""llm.c's train_gpt2.cu flags, declared once for train-cpu and train-gpu (same spellings, meanings and
+defaults; train-cpu takes train_gpt2.c's B=4, T=64 and refuses the GPU-only ones). Every short flag has a
+long name too (`-l` / `--learning-rate`), as nanoGPT and LitGPT users type them; the long name, with
+underscores, is the flag's key in a run's config.json, which `--config FILE` reads back."""
 
+import json
 from dataclasses import fields
+from pathlib import Path
 
 import click
 
+from llmc.core.errors import LlmcError
 from llmc.core.train import TrainConfig
 
-# (flags, TrainConfig field or None, type, help, gpu_only)
+# (llm.c's flags, long name, TrainConfig field or None, type, help, gpu_only)
 TRAIN_FLAGS = [
-    (("-i",), "train_data", str, "train data filename pattern (glob)", False),
-    (("-j",), "val_data", str, "val data filename pattern (glob)", False),
-    (("-e",), "model", str, "model: a .bin checkpoint, or d6|d12|d24|d36|d48 / gpt3:cC for random init", False),
-    (("-o",), "output_dir", str, "output log dir: main.log and checkpoints", False),
-    (("-lg",), None, int, "log GPU utilization every N steps", True),
-    (("-n",), "checkpoint_every", int, "write a checkpoint every N steps (0 = off)", False),
-    (("-nk",), "checkpoints_keep", int, "keep only the last N checkpoints (0 = all)", False),
-    (("-nm",), "major_checkpoint_every", int, "never delete checkpoints of steps divisible by N", False),
-    (("-y",), "resume", int, "resume from the newest checkpoint in -o (0|1)", False),
-    (("-b",), "B", int, "micro-batch size B", False),
-    (("-t",), "T", int, "sequence length T", False),
-    (("-d",), "total_batch", int, "total batch size in tokens (-1 = B*T*processes, no accumulation)", False),
-    (("-x",), "max_steps", int, "max optimization steps (-1 = one epoch)", False),
-    (("-k",), "schedule", str, "learning rate schedule: cosine|linear|constant|wsd", False),
-    (("-l",), "lr", float, "learning rate", False),
-    (("-u",), "warmup", int, "learning rate warmup iterations", False),
-    (("-q",), "final_lr_frac", float, "final learning rate as a fraction of -l", False),
-    (("-c",), "weight_decay", float, "weight decay (2-D weights only)", False),
-    (("-sl",), "skip_loss_z", float, "skip the update when the loss z-score exceeds this (0 = off)", False),
-    (("-sg",), "skip_grad_z", float, "skip the update when the grad-norm z-score exceeds this (0 = off)", False),
-    (("-v",), "val_every", int, "evaluate val loss every N steps", False),
-    (("-m",), "val_max_steps", int, "val batches per evaluation (-1 = the whole val set)", False),
-    (("-s",), "sample_every", int, "sample from the model every N steps (0 = off)", False),
-    (("-g",), "gen_tokens", int, "tokens to generate per sample", False),
-    (("-h",), "hellaswag", int, "evaluate HellaSwag (0|1)", False),
-    (("-a",), "overfit_single_batch", int, "overfit the first val batch (0|1), for debugging", False),
-    (("-f",), None, int, "enable TF32 (0|1)", True),
-    (("-w",), "master_weights", int, "keep fp32 master weights (0 = bf16 with stochastic rounding)", True),
-    (("-ge",), "gelu_fusion", int, "GELU fusion into matmuls: 0 none, 1 forward, 2 forward+backward", True),
-    (("-z",), "zero_stage", int, "ZeRO stage: 0 all-reduces gradients, 1 also shards the optimizer state", True),
-    (("-r",), "recompute", int, "recompute in backward: 0 none, 1 GELU, 2 GELU+layernorm", True),
-    (("-pn",), "num_processes", int, "number of processes", True),
-    (("-pr",), "process_rank", int, "this process's rank", True),
-    (("-pg",), None, int, "GPUs per node", True),
-    (("-pi", "-pm"), None, str, "NCCL init method: mpi|tcp|fs", True),
-    (("-ps",), None, str, "server IP for -pi tcp", True),
-    (("-pf", "-pp"), None, str, "shared file-system path for -pi fs", True),
+    (("-i",), "--train-data", "train_data", str, "train data filename pattern (glob)", False),
+    (("-j",), "--val-data", "val_data", str, "val data filename pattern (glob)", False),
+    (("-e",), "--model", "model", str, "model: a .bin checkpoint, or a descriptor for llm.c's random init: "
+     "d6|d12|d24|d36|d48 (GPT-2), gpt3:cC, or dL:cC:hH[:tT][:vV] for any depth L, width C, heads H, "
+     "max sequence length T (1024) and vocab V (50257), e.g. d4:c128:h4:t128", False),
+    (("-o",), "--output-dir", "output_dir", str, "output log dir: main.log, metrics.csv, config.json and checkpoints",
+     False),
+    (("-lg",), "--log-gpu-every", None, int, "log GPU utilization every N steps", True),
+    (("-n",), "--checkpoint-every", "checkpoint_every", int, "write a checkpoint every N steps (0 = off)", False),
+    (("-nk",), "--checkpoints-keep", "checkpoints_keep", int, "keep only the last N checkpoints (0 = all)", False),
+    (("-nm",), "--major-checkpoint-every", "major_checkpoint_every", int,
+     "never delete checkpoints of steps divisible by N", False),
+    (("-y",), "--resume", "resume", int, "resume from the newest checkpoint in -o (0|1)", False),
+    (("-b",), "--batch-size", "B", int, "micro-batch size B", False),
+    (("-t",), "--seq-len", "T", int, "sequence length T", False),
+    (("-d",), "--total-batch-size", "total_batch", int,
+     "total batch size in tokens (-1 = B*T*processes, no accumulation)", False),
+    (("-x",), "--max-steps", "max_steps", int, "max optimization steps (-1 = one epoch)", False),
+    (("-k",), "--lr-schedule", "schedule", str, "learning rate schedule: cosine|linear|constant|wsd", False),
+    (("-l",), "--learning-rate", "lr", float, "learning rate", False),
+    (("-u",), "--warmup-steps", "warmup", int, "learning rate warmup iterations", False),
+    (("-q",), "--final-lr-frac", "final_lr_frac", float, "final learning rate as a fraction of -l", False),
+    (("-c",), "--weight-decay", "weight_decay", float, "weight decay (2-D weights only)", False),
+    (("-sl",), "--skip-loss-z", "skip_loss_z", float,
+     "skip the update when the loss z-score exceeds this (0 = off)", False),
+    (("-sg",), "--skip-grad-z", "skip_grad_z", float,
+     "skip the update when the grad-norm z-score exceeds this (0 = off)", False),
+    (("-v",), "--val-every", "val_every", int, "evaluate val loss every N steps (0 = no validation)", False),
+    (("-m",), "--val-max-steps", "val_max_steps", int, "val batches per evaluation (-1 = the whole val set)", False),
+    (("-s",), "--sample-every", "sample_every", int, "sample from the model every N steps (0 = off)", False),
+    (("-g",), "--gen-tokens", "gen_tokens", int, "tokens to generate per sample", False),
+    (("-h",), "--hellaswag", "hellaswag", int, "evaluate HellaSwag (0|1)", False),
+    (("-a",), "--overfit-single-batch", "overfit_single_batch", int,
+     "overfit the first val batch (0|1), for debugging", False),
+    (("-f",), "--tf32", None, int, "enable TF32 (0|1); accepted for llm.c's command lines: llmc's GPU "
+     "matmuls are bf16, so it changes nothing", True),
+    (("-w",), "--master-weights", "master_weights", int,
+     "keep fp32 master weights (0 = bf16 with stochastic rounding)", True),
+    (("-ge",), "--gelu-fusion", "gelu_fusion", int,
+     "GELU fusion into matmuls: 0 none, 1 forward, 2 forward+backward", True),
+    (("-z",), "--zero-stage", "zero_stage", int,
+     "ZeRO stage: 0 all-reduces gradients, 1 also shards the optimizer state", True),
+    (("-r",), "--recompute", "recompute", int, "recompute in backward: 0 none, 1 GELU, 2 GELU+layernorm", True),
+    (("-pn",), "--num-processes", "num_processes", int, "number of processes", True),
+    (("-pr",), "--process-rank", "process_rank", int, "this process's rank", True),
+    (("-pg",), "--gpus-per-node", None, int, "GPUs per node", True),
+    (("-pi", "-pm"), "--init-method", None, str, "NCCL init method: mpi|tcp|fs", True),
+    (("-ps",), "--server-ip", None, str, "server IP for -pi tcp", True),
+    (("-pf", "-pp"), "--fs-path", None, str, "shared file-system path for -pi fs", True),
+]
+# llmc's own switches, with no llm.c spelling: (long name, TrainConfig field, help)
+LLMC_SWITCHES = [
+    ("--overwrite", "overwrite", "start afresh in an -o that holds an earlier run, deleting that run's files"),
+    ("--tensorboard", "tensorboard", "also write TensorBoard event files to -o/tensorboard (needs tensorboardX)"),
+]
+LLMC_OPTIONS = [
+    ("--wandb-project", "wandb_project", str, "also log to this Weights & Biases project (needs wandb; "
+     "WANDB_MODE=offline works offline)"),
 ]
 
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+FIELDS = {_long.lstrip("-").replace("-", "_"): field for _, _long, field, *_ in TRAIN_FLAGS} | \
+    {name.lstrip("-").replace("-", "_"): field for name, field, *_ in LLMC_SWITCHES + LLMC_OPTIONS}
 
 
-def _dest(flags: tuple[str, ...]) -> str:
-    return "flag_" + flags[0].lstrip("-")
+def dest(long_name: str) -> str:
+    """The option's key in click's parameters and in config.json: `--learning-rate` -> `learning_rate`."""
+    return long_name.lstrip("-").replace("-", "_")
 
 
 def train_options(defaults: dict, allow_gpu_only: bool):
-    """Decorator adding every llm.c flag as a click option with the given defaults."""
+    """Decorator adding every llm.c flag (and llmc's own, and --config) as click options; defaults
+    maps a TrainConfig field, or the key of a flag without one, to this command's default."""
     def decorate(fn):
-        for flags, field, typ, help_text, gpu_only in reversed(TRAIN_FLAGS):
+        for name, field, typ, help_text in reversed(LLMC_OPTIONS):
+            fn = click.option(name, dest(name), type=typ, default=DEFAULTS[field], help=help_text)(fn)
+        for name, field, help_text in reversed(LLMC_SWITCHES):
+            fn = click.option(name, dest(name), is_flag=True, default=False, help=help_text)(fn)
+        for flags, long_name, field, typ, help_text, gpu_only in reversed(TRAIN_FLAGS):
+            key = dest(long_name)
             if gpu_only and not allow_gpu_only:
-                fn = click.option(*flags, _dest(flags), type=typ, default=None, hidden=True,
+                fn = click.option(*flags, long_name, key, type=typ, default=None, hidden=True,
                                   callback=_refuse_gpu_flag)(fn)
                 continue
-            default = defaults.get(field, DEFAULTS.get(field)) if field else defaults.get(_dest(flags))
-            fn = click.option(*flags, _dest(flags), type=typ, default=default, show_default=True, help=help_text)(fn)
-        return fn
+            default = defaults.get(field, DEFAULTS.get(field)) if field else defaults.get(key)
+            fn = click.option(*flags, long_name, key, type=typ, default=default, show_default=True,
+                              help=help_text)(fn)
+        return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+                            callback=_read_config,
+                            help="read the flags from a run's config.json (flags given here override it): "
+                                 "--config OLD/config.json -o NEW repeats a run")(fn)
     return decorate
 
 
@@ -75,23 +114,46 @@ def _refuse_gpu_flag(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+def _read_config(ctx: click.Context, param: click.Parameter, path: str | None) -> None:
+    """--config FILE: the file's flags become this invocation's defaults, so the command line overrides
+    them; flags this command does not take (a train-gpu run's GPU flags, read by train-cpu) are named."""
+    if path is None:
+        return
+    try:
+        flags = json.loads(Path(path).read_text())["flags"]
+        if not isinstance(flags, dict):
+            raise TypeError
+    except OSError as e:
+        raise LlmcError(f"--config {path}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError):
+        raise LlmcError(f"--config {path}: not a run's config.json (JSON with a \"flags\" object)") from None
+    taken = {p.name for p in ctx.command.params if not p.hidden and p.name != param.name}
+    unknown = sorted(k for k, v in flags.items() if k not in taken and v is not None)
+    if unknown:
+        click.echo(f"--config {path}: {ctx.info_name} does not take {', '.join(unknown)}; ignored", err=True)
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in flags.items() if k in taken}}
+
+
 def train_config(options: dict) -> TrainConfig:
-    """The TrainConfig fields from parsed options (GPU-only extras stay in `options`)."""
-    values = {}
-    for flags, field, *_ in TRAIN_FLAGS:
-        if field and options.get(_dest(flags)) is not None:
-            values[field] = options[_dest(flags)]
-    return TrainConfig(**values)
+    """The TrainConfig fields from parsed options (flags without a field stay in `options`)."""
+    return TrainConfig(**{field: options[key] for key, field in FIELDS.items()
+                          if field and options.get(key) is not None})
 
 
-def run_training(cfg: TrainConfig, device: str, group=None) -> None:
+def run_training(cfg: TrainConfig, device: str, options: dict, group=None) -> None:
     """Build the trainer on the device's backend and run it (as one rank of `group`, a
     core.distributed process group, if given); a run stopped by SIGINT/SIGTERM (after its
-    checkpoint) exits with 128 + the signal number, as the signal itself would have."""
+    checkpoint) exits with 128 + the signal number, as the signal itself would have. options (every
+    flag's value) go into the run's config.json, with cfg's resolved values where they differ."""
     from llmc.core.backends import get_backend
     from llmc.core.train import Trainer
 
-    trainer = Trainer(cfg, get_backend(device), out=click.echo, group=group)
+    ctx = click.get_current_context()
+    shown = {p.name for p in ctx.command.params if not p.hidden}
+    resolved = {key: getattr(cfg, FIELDS[key]) if FIELDS.get(key) else value
+                for key, value in options.items() if key in shown}
+    record = {"command": ctx.info_name, "flags": resolved}
+    trainer = Trainer(cfg, get_backend(device), out=click.echo, group=group, record=record)
     trainer.describe()
     trainer.run()
     if trainer.stop_signal is not None:

@@ -95,7 +95,7 @@ def find_latest(out_dir: str | os.PathLike, rank: int = 0) -> int | None:
 def remove_stale_temporaries(out_dir: str | os.PathLike) -> None:
     """Temporary files a killed writer left behind (they never carry a final name)."""
     for p in Path(out_dir).glob(".*.tmp"):
-        if re.fullmatch(r"\.(model_\d+\.bin|state_\d+_\d+\.bin|DONE_\d+|main\.log)\..+\.tmp", p.name):
+        if re.fullmatch(r"\.(model_\d+\.bin|state_\d+_\d+\.bin|DONE_\d+|main\.log|metrics\.csv|config\.json)\..+\.tmp", p.name):
             p.unlink(missing_ok=True)
 
 
@@ -231,15 +231,26 @@ def save_checkpoint(out_dir: str | os.PathLike, cfg: GPTConfig, params: np.ndarr
     """model (rank 0), state (every rank), then DONE (rank 0, once barrier says every rank's state
     is written): the DONE file marks the checkpoint complete."""
     step = state.step
+
+    def write(path: Path, writer: Callable[[Path], None]) -> None:  # a full disk names the file and step
+        try:
+            writer(path)
+        except OSError as e:
+            raise LlmcError(f"cannot write {path}, the checkpoint of step {step}: {e.strerror or e}") from None
+
     done_path(out_dir, step).unlink(missing_ok=True)  # rewriting a step: incomplete until DONE is back
     if state.rank == 0:
-        write_model(model_path(out_dir, step), cfg, params, "bf16" if bf16 else "fp32")
-    write_state(state_path(out_dir, step, state.rank), state)
+        write(model_path(out_dir, step), lambda p: write_model(p, cfg, params, "bf16" if bf16 else "fp32"))
+    write(state_path(out_dir, step, state.rank), lambda p: write_state(p, state))
     barrier()
     if state.rank == 0:
-        with atomic_write(done_path(out_dir, step)):
-            pass
+        write(done_path(out_dir, step), _write_empty)
     _fsync_dir(out_dir)
+
+
+def _write_empty(path: Path) -> None:
+    with atomic_write(path):
+        pass
 
 
 def delete_checkpoint(out_dir: str | os.PathLike, step: int, rank: int = 0) -> None:

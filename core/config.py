@@ -81,16 +81,27 @@ GPT3_CHANNELS = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 20
 
 
 def config_from_descriptor(descriptor: str) -> GPTConfig:
-    """`d12`, `gpt2:d12` or `gpt3:c768`, as llm.c's gpt_build_from_descriptor."""
+    """llm.c's gpt_build_from_descriptor (`d12`, `gpt2:d12`, `gpt3:c768`), and any GPT-2 shape as
+    `dL:cC:hH[:tT][:vV]`: depth L, channels C, heads H, max sequence length T (1024), vocab V (50257).
+    A depth of llm.c's table may leave out c and h (`d12:t256`)."""
     try:
         if descriptor.startswith("gpt3:c"):
             C = int(descriptor[6:])
             L, HS = GPT3_CHANNELS[C]
             return GPTConfig(2048, GPT2_VOCAB, pad_vocab(GPT2_VOCAB), L, C // HS, C)
-        depth = descriptor[6:] if descriptor.startswith("gpt2:d") else descriptor[1:] if descriptor.startswith("d") else None
-        C, NH = GPT2_DEPTHS[int(depth)]
-        return GPTConfig(1024, GPT2_VOCAB, pad_vocab(GPT2_VOCAB), int(depth), NH, C)
-    except (KeyError, ValueError, TypeError):
+        first, *rest = descriptor.removeprefix("gpt2:").split(":")
+        if not first.startswith("d"):
+            raise ValueError
+        L = int(first[1:])
+        sizes = {part[0]: int(part[1:]) for part in rest}
+        if len(sizes) != len(rest) or not set(sizes) <= set("chtv"):
+            raise ValueError
+        if "c" not in sizes and "h" not in sizes:
+            sizes["c"], sizes["h"] = GPT2_DEPTHS[L]
+        V = sizes.get("v", GPT2_VOCAB)
+        return GPTConfig(sizes.get("t", 1024), V, pad_vocab(V), L, sizes["h"], sizes["c"])
+    except (KeyError, ValueError, TypeError, IndexError):
         raise LlmcError(
             f"unsupported model descriptor {descriptor!r}: use d6|d12|d24|d36|d48|d60|d72|d84, "
-            f"gpt3:c384|c768|c1024|c1536|c2048|c2560|c4096|c5140|c12288, or a .bin checkpoint") from None
+            f"gpt3:c384|c768|c1024|c1536|c2048|c2560|c4096|c5140|c12288, dL:cC:hH[:tT][:vV] "
+            f"(e.g. d4:c128:h4:t128), or a .bin checkpoint") from None

@@ -188,8 +188,11 @@ def model_header(cfg: GPTConfig, version: int) -> np.ndarray:
 def read_model_config(path: str | os.PathLike) -> tuple[GPTConfig, int]:
     """The config and version (3 = fp32, 5 = bf16) of a model checkpoint."""
     h = read_header(path, MODEL_MAGIC, (MODEL_FP32, MODEL_BF16), "model checkpoint")
-    cfg = GPTConfig(max_seq_len=int(h[2]), vocab_size=int(h[3]), num_layers=int(h[4]),
-                    num_heads=int(h[5]), channels=int(h[6]), padded_vocab_size=int(h[7]))
+    try:
+        cfg = GPTConfig(max_seq_len=int(h[2]), vocab_size=int(h[3]), num_layers=int(h[4]),
+                        num_heads=int(h[5]), channels=int(h[6]), padded_vocab_size=int(h[7]))
+    except LlmcError as e:
+        raise LlmcError(f"{path}: bad model header: {e}") from None
     return cfg, int(h[1])
 
 

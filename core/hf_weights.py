@@ -1,23 +1,30 @@
 """GPT-2 weights between Hugging Face (config.json + model.safetensors) and llm.c checkpoints.
 
-No PyTorch: tensors are read and written with safetensors' NumPy API, downloads go through
-huggingface_hub (cached; HF_HUB_OFFLINE honored). HF's GPT-2 keeps its four matmul weights in
-Conv1D layout (in, out); llm.c stores (out, in), so those are transposed both ways. llm.c pads
-wte to Vp rows with zeros; HF has exactly V rows and ties lm_head to wte.
+No PyTorch: tensors are read and written with safetensors' NumPy API. Hub checkpoints come from
+huggingface_hub's local cache when there, else are downloaded; offline (HF_HUB_OFFLINE, or the hub
+unreachable) that fails at once rather than after huggingface_hub's ~30 s of retries. HF's GPT-2
+keeps its four matmul weights in Conv1D layout (in, out); llm.c stores (out, in), so those are
+transposed both ways. llm.c pads wte to Vp rows with zeros; HF has exactly V rows and ties lm_head
+to wte.
 """
 
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import numpy as np
+from tqdm import tqdm
 
 from llmc.core.config import GPT2_DEPTHS, GPT2_EOT, GPT2_VOCAB, GPTConfig, pad_vocab, param_shapes
 from llmc.core.errors import LlmcError
+from llmc.core.formats import (SHARD_MAGIC, atomic_write, read_model, read_shard, write_debug_state, write_model,
+                               write_tokenizer)
 
 # the OpenAI checkpoints, as `llmc export-weights NAME` knows them
 HF_REPOS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
@@ -106,23 +113,28 @@ def hf_to_llmc(cfg: GPTConfig, get: Callable[[str], np.ndarray]) -> np.ndarray:
     name (without the "transformer." prefix). Works for gradients too."""
     shapes = param_shapes(cfg)
     flat = np.empty(sum(math.prod(s) for s in shapes.values()), dtype=np.float32)
+    n_tensors = sum(cfg.num_layers if "{l}" in template else 1 for template, _ in HF_NAMES.values())
     pos = 0
-    for name, shape in shapes.items():
-        template, transposed = HF_NAMES[name]
-        if name == "wte":
-            shape = (cfg.vocab_size, cfg.channels)  # HF has V rows; the rest of Vp are zeros here
-        tensors = [(template.format(l=l), shape[1:]) for l in range(cfg.num_layers)] if "{l}" in template else [(template, shape)]
-        for hf_name, want in tensors:
-            t = np.asarray(get(hf_name))
-            hf_shape = want[::-1] if transposed else want
-            if t.shape != hf_shape:
-                raise LlmcError(f"tensor {hf_name} has shape {t.shape}, the config needs {hf_shape}")
-            flat[pos: pos + t.size] = (t.T if transposed else t).reshape(-1)
-            pos += t.size
-        if name == "wte":
-            n_pad = (cfg.padded_vocab_size - cfg.vocab_size) * cfg.channels
-            flat[pos: pos + n_pad] = 0.0
-            pos += n_pad
+    # reading gpt2-xl's 6 GB takes a while: a bar per tensor (silent when stderr is not a terminal)
+    with tqdm(total=n_tensors, desc="reading tensors", unit="tensor", leave=False, disable=None) as bar:
+        for name, shape in shapes.items():
+            template, transposed = HF_NAMES[name]
+            if name == "wte":
+                shape = (cfg.vocab_size, cfg.channels)  # HF has V rows; the rest of Vp are zeros here
+            tensors = ([(template.format(l=l), shape[1:]) for l in range(cfg.num_layers)] if "{l}" in template
+                       else [(template, shape)])
+            for hf_name, want in tensors:
+                t = np.asarray(get(hf_name))
+                hf_shape = want[::-1] if transposed else want
+                if t.shape != hf_shape:
+                    raise LlmcError(f"tensor {hf_name} has shape {t.shape}, the config needs {hf_shape}")
+                flat[pos: pos + t.size] = (t.T if transposed else t).reshape(-1)
+                pos += t.size
+                bar.update()
+            if name == "wte":
+                n_pad = (cfg.padded_vocab_size - cfg.vocab_size) * cfg.channels
+                flat[pos: pos + n_pad] = 0.0
+                pos += n_pad
     return flat
 
 
@@ -145,7 +157,8 @@ def llmc_to_hf(cfg: GPTConfig, flat: np.ndarray) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- reading HF checkpoints
 
 def resolve_source(source: str, echo: Callable[[str], None] = print) -> tuple[Path, list[Path]]:
-    """(config.json, safetensors files) of a local folder, a GPT-2 name or a hub repo id."""
+    """(config.json, safetensors files) of a local folder, a GPT-2 name or a hub repo id; a hub
+    checkpoint from the local cache if all there, else downloaded if the hub answers."""
     local = Path(source)
     if local.is_dir():
         index = local / "model.safetensors.index.json"
@@ -163,30 +176,80 @@ def resolve_source(source: str, echo: Callable[[str], None] = print) -> tuple[Pa
     repo = HF_REPOS.get(source, source)
     if repo.count("/") != 1:
         raise LlmcError(f"{source!r} is not a folder, a hub repo id (owner/name) or one of {', '.join(HF_REPOS)}")
-    echo(f"fetching {repo} from the Hugging Face hub (cached)")
-    config = _hub_file(repo, "config.json")
+    from huggingface_hub import constants  # here, not at the top: local folders need no huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     try:
-        return config, [_hub_file(repo, "model.safetensors")]
-    except FileNotFoundError:
-        index = _hub_file(repo, "model.safetensors.index.json")
+        files = _hub_checkpoint(repo, local_only=True)
+        echo(f"reading {repo} (from the local cache)")
+        return files
+    except LocalEntryNotFoundError:
+        pass
+    instead = "pass a local Hugging Face folder with config.json and model.safetensors instead"
+    if constants.HF_HUB_OFFLINE:
+        raise LlmcError(f"{repo} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: {instead}")
+    if not _reachable(constants.ENDPOINT):
+        raise LlmcError(f"{repo} is not in the local Hugging Face cache and {constants.ENDPOINT} cannot be reached: "
+                        f"{instead}")
+    echo(f"downloading {repo} from the Hugging Face hub")
+    return _hub_checkpoint(repo, local_only=False)
+
+
+def _hub_checkpoint(repo: str, local_only: bool) -> tuple[Path, list[Path]]:
+    """(config.json, safetensors files) of a hub repo; local_only: from the cache alone, else
+    LocalEntryNotFoundError."""
+    config = _hub_file(repo, "config.json", local_only)
+    try:
+        return config, [_hub_file(repo, "model.safetensors", local_only)]
+    except FileNotFoundError:  # sharded; or, from the cache, not cached and maybe sharded
+        index = _hub_file(repo, "model.safetensors.index.json", local_only)
         shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        return config, [_hub_file(repo, f) for f in shards]
+        return config, [_hub_file(repo, f, local_only) for f in shards]
 
 
-def _hub_file(repo: str, filename: str) -> Path:
+def _hub_file(repo: str, filename: str, local_only: bool) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo, filename))
-    except LocalEntryNotFoundError as e:  # offline or unreachable, and not in the cache
+        return Path(hf_hub_download(repo, filename, local_files_only=local_only))
+    except LocalEntryNotFoundError as e:  # not in the cache, and (downloading) the hub went away
+        if local_only:
+            raise
         raise LlmcError(f"cannot fetch {filename} of {repo}: {_first_line(e)}") from None
     except EntryNotFoundError:
         if filename == "model.safetensors":
-            raise FileNotFoundError(filename) from None
-        raise LlmcError(f"{repo} has no {filename} (llmc reads safetensors only)") from None
+            raise FileNotFoundError(filename) from None  # maybe sharded: the caller reads the index
+        if filename == "model.safetensors.index.json":
+            raise LlmcError(f"{repo} has no model.safetensors (llmc reads safetensors only, "
+                            "not pytorch_model.bin)") from None
+        raise LlmcError(f"{repo} has no {filename}") from None
     except Exception as e:  # network, auth, unknown repo: one line
         raise LlmcError(f"cannot fetch {filename} of {repo}: {_first_line(e)}") from None
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to url's host (or the proxy for it) opens within timeout, name lookup
+    included: huggingface_hub retries an unreachable hub for ~30 s before it gives up."""
+    parts = urlsplit(url)
+    proxy = getproxies().get(parts.scheme)
+    if proxy and not proxy_bypass(parts.hostname):
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    opened = threading.Event()
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            opened.set()
+        except OSError:
+            pass
+
+    # a thread, since getaddrinfo ignores the timeout and a dead resolver can take far longer
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return opened.is_set()
 
 
 def _first_line(e: BaseException) -> str:
@@ -265,32 +328,17 @@ def load_hf(source: str, echo: Callable[[str], None] = print) -> tuple[GPTConfig
 
 # ----------------------------------------------------------------------------- writing HF checkpoints
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[str]:
-    """A temporary name beside path for writers that take a file name; renamed into place on success."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_hf(out_dir: str | os.PathLike, cfg: GPTConfig, flat: np.ndarray) -> list[Path]:
     """config.json + model.safetensors loadable by transformers.GPT2LMHeadModel.from_pretrained."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path, model_path = out_dir / "config.json", out_dir / "model.safetensors"
-    with _atomic_path(model_path) as tmp:
-        save_file(llmc_to_hf(cfg, flat), tmp, metadata={"format": "pt"})
-    with _atomic_path(config_path) as tmp:
-        Path(tmp).write_text(json.dumps(hf_config(cfg), indent=2) + "\n")
+    with atomic_write(model_path) as f:
+        f.write(save(llmc_to_hf(cfg, flat), metadata={"format": "pt"}))
+    with atomic_write(config_path) as f:
+        f.write((json.dumps(hf_config(cfg), indent=2) + "\n").encode())
     return [config_path, model_path]
 
 
@@ -331,8 +379,8 @@ def write_hf_tokenizer(out_dir: str | os.PathLike, max_seq_len: int) -> list[Pat
     }
     out = []
     for name, content in files.items():
-        with _atomic_path(Path(out_dir) / name) as tmp:
-            Path(tmp).write_text(content, encoding="utf-8")
+        with atomic_write(Path(out_dir) / name) as f:
+            f.write(content.encode("utf-8"))
         out.append(Path(out_dir) / name)
     return out
 
@@ -345,8 +393,6 @@ DEFAULT_BATCH = Path("data/tinyshakespeare/tiny_shakespeare_val.bin")  # `llmc p
 def debug_batch(path: str | os.PathLike | None, B: int, T: int) -> np.ndarray:
     """The B*T+1 tokens of llm.c's debug batch: the start of a token shard (llm.c: tinyshakespeare val),
     or of a text file tokenized as llm.c's tinyshakespeare (EOT before every blank-line section)."""
-    from llmc.core.formats import SHARD_MAGIC, read_shard
-
     if path is None and not DEFAULT_BATCH.exists():
         raise LlmcError(f"--debug-state uses llm.c's batch from {DEFAULT_BATCH}: run `llmc prepro tinyshakespeare` "
                         "first, or pass --input FILE (a token shard or a text file)")
@@ -370,7 +416,6 @@ def export_to_llmc(source: str, out_dir: str | os.PathLike, echo: Callable[[str]
                    steps: int = 10) -> list[Path]:
     """HF GPT-2 -> gpt2_SIZE.bin (fp32), gpt2_SIZE_bf16.bin, gpt2_tokenizer.bin and, with debug_state
     (and torch), gpt2_SIZE_debug_state.bin, as llm.c's train_gpt2.py writes them."""
-    from llmc.core.formats import write_debug_state, write_model, write_tokenizer
     from llmc.data.tokenizer import EOT, gpt2_encoding
 
     tokens = debug_batch(batch_input, B, T) if debug_state else None  # bad input: fail before writing anything
@@ -410,8 +455,6 @@ def export_to_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                  echo: Callable[[str], None] = print) -> list[Path]:
     """llm.c checkpoint (fp32 or bf16) -> a folder GPT2LMHeadModel.from_pretrained loads (+ GPT-2's
     tokenizer files when the vocab is GPT-2's)."""
-    from llmc.core.formats import read_model
-
     cfg, flat = read_model(model_path)
     if padded_rows_nonzero(cfg, flat):
         echo(f"note: {model_path} has non-zero padded wte rows ({cfg.vocab_size}..{cfg.padded_vocab_size}); "

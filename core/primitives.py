@@ -47,6 +47,13 @@ class Primitives(Protocol):
         """The dense bf16 FLOP/s the device promises, llm.c's MFU denominator (-1 for an unknown GPU);
         None where there is no bf16 MFU to report (the CPU)."""
 
+    def device_name(self) -> str:
+        """What the backend runs on, for the run's record (config.json): the CPU's or GPU's model name."""
+
+    def memory_used(self) -> int | None:
+        """Device memory in use in bytes, as llm.c reports it (cudaMemGetInfo's total - free); None on
+        the CPU, whose memory the process's RSS tells."""
+
     def attention_stats_shape(self, B: int, T: int, NH: int) -> tuple[int, ...]:
         """Shape of the fp32 state attention_forward saves for backward
         (CPU: the attention probabilities (B, NH, T, T); GPU: softmax log-sum-exp (B, NH, T))."""

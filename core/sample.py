@@ -101,7 +101,11 @@ def next_token(logits: np.ndarray, rng: XorShift, temperature: float = 1.0, top_
     if temperature == 0:
         return int(np.argmax(logits))
     if temperature != 1.0:
-        logits = logits / np.float32(temperature)
+        # in fp64, less the max: a tiny temperature would overflow fp32 (or round to 0 in it) and draw garbage;
+        # what is still below fp32's range becomes -inf, a zero probability, as it should
+        scaled = logits.astype(np.float64) / temperature
+        with np.errstate(over="ignore"):
+            logits = (scaled - scaled.max()).astype(np.float32)
     if 0 < top_k < len(logits):
         kth = np.partition(logits, -top_k)[-top_k]
         logits = np.where(logits >= kth, logits, -np.inf).astype(np.float32)
@@ -142,8 +146,9 @@ def generate(cfg: GPTConfig, params, xp: ModuleType, prompt: list[int], max_new:
 class Decoder:
     """Token ids to text as they stream; a character whose UTF-8 bytes span tokens comes out whole."""
 
-    def __init__(self, token_bytes: Callable[[int], bytes], eot: int):
+    def __init__(self, token_bytes: Callable[[int], bytes], eot: int, path: str | None = None):
         self.token_bytes, self.eot = token_bytes, eot
+        self.path = path  # the tokenizer file, for messages; None for the built-in GPT-2 BPE
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, token: int) -> str:
@@ -153,14 +158,16 @@ class Decoder:
         return self.utf8.decode(b"", final=True)
 
 
-def load_decoder(path: str | None = None) -> Decoder:
+def load_decoder(path: str | Path | None = None) -> Decoder:
     """llm.c's tokenizer file (given, or gpt2_tokenizer.bin in the cwd), else GPT-2's BPE from tiktoken."""
     if path is None and Path(LLMC_TOKENIZER).is_file():
         path = LLMC_TOKENIZER
     if path is not None:
         from llmc.core.formats import read_tokenizer
         table, eot = read_tokenizer(path)
-        return Decoder(lambda t: table[t] if 0 <= t < len(table) else f"<|{t}|>".encode(), eot)
+        if not 0 <= eot < len(table):  # the file is inconsistent in itself: blame it, not the model
+            raise LlmcError(f"{path}: end-of-text id {eot} is outside its {len(table)} tokens")
+        return Decoder(lambda t: table[t] if 0 <= t < len(table) else f"<|{t}|>".encode(), eot, str(path))
     from llmc.data.tokenizer import gpt2_encoding
     enc = gpt2_encoding()
 

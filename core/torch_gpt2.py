@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes
 from llmc.core.formats import DebugState, write_debug_state, write_model
@@ -128,7 +129,8 @@ def make_debug_state(cfg: GPTConfig, params: np.ndarray, inputs: np.ndarray, tar
     y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64))
     optimizer = make_optimizer(model, decay_all)
     state, losses = None, []
-    for step in range(max(steps, 1)):
+    # a step of gpt2-xl on the CPU takes tens of seconds: a bar (silent when stderr is not a terminal)
+    for step in tqdm(range(max(steps, 1)), desc="debug state", unit="step", leave=False, disable=None):
         optimizer.zero_grad(set_to_none=False)
         logits, loss = model(x, y)
         loss.backward()

@@ -17,13 +17,14 @@ shard), losses are averaged, and rank 0 alone prints, logs and samples.
 """
 
 import math
-import re
+import resource
 import signal
 import sys
 import threading
 import time
+import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
@@ -36,11 +37,13 @@ from llmc.core.dataloader import DataLoader
 from llmc.core.distributed import SingleProcess
 from llmc.core.errors import LlmcError
 from llmc.core.evaluate import DEFAULT_HELLASWAG, check_examples, evaluate
-from llmc.core.formats import atomic_write, read_eval_shard
+from llmc.core.formats import read_eval_shard
 from llmc.core.init import load_params
+from llmc.core.metrics import RunLog
 from llmc.core.model import GPT
 from llmc.core.outliers import OutlierDetector
 from llmc.core.rand import XorShift
+from llmc.core.rundir import RunDir
 from llmc.core.sample import generate, load_decoder, max_new_tokens
 from llmc.core.schedules import learning_rate
 
@@ -79,6 +82,32 @@ class TrainConfig:
     num_processes: int = 1  # -pn
     process_rank: int = 0  # -pr
     zero_stage: int = 0  # -z: 1 shards the optimizer state over the processes (ZeRO-1)
+    overwrite: bool = False  # --overwrite: a new run may replace the run in -o
+    tensorboard: bool = False  # --tensorboard: TensorBoard event files in -o/tensorboard
+    wandb_project: str | None = None  # --wandb-project: log to this Weights & Biases project
+
+    def validate(self) -> None:
+        """Refuse flags that cannot make a run, before anything is read or written."""
+        finite = {"-l": self.lr, "-q": self.final_lr_frac, "-c": self.weight_decay, "-sl": self.skip_loss_z,
+                  "-sg": self.skip_grad_z}
+        for flag, value in finite.items():
+            if not math.isfinite(value) or value < 0:
+                raise LlmcError(f"{flag} takes a finite number >= 0, not {value}")
+        if self.B < 1 or self.T < 1:
+            raise LlmcError(f"-b and -t take sizes >= 1, not {self.B} and {self.T}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise LlmcError(f"-x takes a number of steps >= 1 (or -1: one epoch of -i), not {self.max_steps}")
+        if self.warmup < 0:
+            raise LlmcError(f"-u takes a number of warmup steps >= 0, not {self.warmup}")
+        if min(self.checkpoint_every, self.checkpoints_keep, self.major_checkpoint_every) < 0:
+            raise LlmcError("-n, -nk and -nm take a number of steps >= 0 (0 = off)")
+        if self.val_every < 0 or self.val_max_steps == 0 or self.val_max_steps < -1:
+            raise LlmcError("-v takes a number of steps >= 0 (0 = no validation) and -m a number of batches "
+                            ">= 1 (or -1: all)")
+        if not self.output_dir and (self.resume or self.checkpoint_every or self.overwrite):
+            raise LlmcError("-y, -n and --overwrite need an output dir -o")
+        if self.resume and self.overwrite:
+            raise LlmcError("-y 1 resumes the run in -o and --overwrite replaces it: give one of them")
 
 
 @dataclass
@@ -100,8 +129,9 @@ class StepTimer:
         self.since: float | None = None  # when the step being timed began
         self.total, self.steps_run, self.ema_tps = 0.0, 0, 0.0
 
-    def lap(self) -> tuple[float, float, str]:
-        """(dt, tok/s, MFU column) of the step that ends now."""
+    def lap(self) -> tuple[float, float, float | None]:
+        """(dt, tok/s, MFU) of the step that ends now; MFU is None without a promised FLOP/s (the CPU)
+        and -1 on an unknown GPU, as llm.c prints it."""
         now = time.perf_counter()
         dt, self.since = now - self.since, now
         tps = self.tokens / dt
@@ -110,11 +140,13 @@ class StepTimer:
             self.ema_tps = 0.95 * self.ema_tps + 0.05 * tps
             tps = self.ema_tps / (1.0 - 0.95 ** self.steps_run)
         self.steps_run += 1
-        mfu = ""
-        if self.promised is not None:  # llm.c's bf16 MFU from this step's time (-100% on an unknown GPU)
-            fraction = self.flops / dt / self.promised if self.promised > 0 else -1.0
-            mfu = f"{100 * fraction:.1f}% bf16 MFU | "
-        return dt, tps, mfu
+        return dt, tps, self.mfu(dt)
+
+    def mfu(self, dt: float | None) -> float | None:
+        """llm.c's bf16 MFU of a step of dt seconds."""
+        if self.promised is None or dt is None:
+            return None
+        return self.flops / dt / self.promised if self.promised > 0 else -1.0
 
     def mean(self) -> float | None:
         """The mean step time after the warmup step, None before there is one."""
@@ -138,6 +170,10 @@ def _write_stdout(text: str) -> None:
     sys.stdout.flush()
 
 
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
 def _duration(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}"
@@ -145,9 +181,11 @@ def _duration(seconds: float) -> str:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, backend: ModuleType, out: Callable[[str], None] = print,
-                 stream: Callable[[str], None] = _write_stdout, group: SingleProcess | None = None):
+                 stream: Callable[[str], None] = _write_stdout, group: SingleProcess | None = None,
+                 record: dict | None = None):
         """out prints a line; stream writes sampled text as it comes (no newline). With a group of
-        several processes, rank 0 alone prints, logs, samples and evaluates HellaSwag."""
+        several processes, rank 0 alone prints, logs, samples and evaluates HellaSwag. record is what
+        config.json keeps of the command line: {"command": ..., "flags": {long name: value}}."""
         self.group = group or SingleProcess()
         self.main = self.group.rank == 0
         if self.main:
@@ -158,21 +196,43 @@ class Trainer:
         if (cfg.num_processes, cfg.process_rank) != (self.group.world, self.group.rank):
             raise LlmcError(f"-pn {cfg.num_processes} -pr {cfg.process_rank} differ from the process group's "
                             f"rank {self.group.rank} of {self.group.world}")
-        if cfg.B < 1 or cfg.T < 1:
-            raise LlmcError(f"-b and -t take sizes >= 1, not {cfg.B} and {cfg.T}")
+        cfg.validate()
+        self.run_dir: RunDir | None = None
+        try:
+            self._hold_output_dir()
+            self._start(record or {"flags": {}})
+        except BaseException:
+            if self.run_dir is not None:
+                self.run_dir.release(failed=True)
+            raise
+
+    def _hold_output_dir(self) -> None:
+        """Lock -o (rank 0) before anything there is read; every rank stops if rank 0 cannot."""
+        if not self.cfg.output_dir:
+            return
+        refusal = None
+        try:
+            self.run_dir = RunDir(self.cfg.output_dir, self.group.rank)
+        except LlmcError as e:
+            refusal = e
+        if self.group.world > 1 and self.group.host_reduce([float(refusal is not None)], "max")[0]:
+            raise refusal or LlmcError(f"rank 0 could not take the output dir -o {self.cfg.output_dir}")
+        if refusal is not None:
+            raise refusal
+
+    def _start(self, record: dict) -> None:
+        cfg, backend = self.cfg, self.backend
         tokens_per_fwdbwd = cfg.B * cfg.T * cfg.num_processes
         total = tokens_per_fwdbwd if cfg.total_batch == -1 else cfg.total_batch
         if total <= 0 or total % tokens_per_fwdbwd:
             raise LlmcError(f"total batch size -d {total} must be a positive multiple of B*T*processes = {tokens_per_fwdbwd}")
         self.total_batch, self.grad_accum = total, total // tokens_per_fwdbwd
-        if cfg.skip_loss_z < 0 or cfg.skip_grad_z < 0:
-            raise LlmcError("-sl and -sg take a z-score threshold >= 0 (0 = off)")
-        if min(cfg.checkpoint_every, cfg.checkpoints_keep, cfg.major_checkpoint_every) < 0:
-            raise LlmcError("-n, -nk and -nm take a number of steps >= 0 (0 = off)")
-        if cfg.val_every <= 0 or cfg.val_max_steps == 0 or cfg.val_max_steps < -1:
-            raise LlmcError("-v takes a number of steps >= 1 and -m a number of batches >= 1 (or -1: all)")
         resume_step = self._find_checkpoint()
         self.resumed = resume_step is not None
+        if self.run_dir is not None:
+            self.run_dir.refuse_clobber(bool(cfg.resume), cfg.overwrite)
+            if self.resumed and self.main:
+                self.run_dir.check_resume(record["flags"], self.out)
         model_cfg, params = load_params(str(checkpoint.model_path(cfg.output_dir, resume_step))
                                         if self.resumed else cfg.model)
         self.model_cfg = model_cfg
@@ -203,49 +263,38 @@ class Trainer:
         self.step_losses = backend.xp.zeros((self.grad_accum, cfg.B, cfg.T), dtype=np.float32)
         flops_per_step = flops_per_token(model_cfg, cfg.T) * total // self.group.world  # one process's
         self.timer = StepTimer(total, flops_per_step, backend.promised_flops())  # None: no MFU column (the CPU)
-        self.log_path = self._open_output_dir(resume_step)  # last: a failed start leaves -o untouched
+        self.val_losses: list[tuple[int, float]] = []  # (step, val loss) of this process's evaluations
+        # last: a failed start leaves -o untouched
+        record = {**record, "backend": backend.name, "device": backend.device_name(),
+                  "model": {"descriptor": cfg.model, **asdict(model_cfg), "num_parameters": num_parameters(model_cfg)},
+                  "resumed_from_step": resume_step}
+        wandb_id = None
+        if cfg.wandb_project:
+            previous = self.run_dir.previous_config() if self.resumed and self.run_dir else None
+            wandb_id = (previous or {}).get("wandb_run_id") or uuid.uuid4().hex[:12]
+            record["wandb_run_id"] = wandb_id
+        if self.run_dir is not None:
+            self.run_dir.take(record, self.out)
+        self.run_log = RunLog(cfg.output_dir if self.main else None, resume_step, cfg.tensorboard and self.main,
+                              cfg.wandb_project if self.main else None, wandb_id, record)
+        if self.main and cfg.output_dir:
+            checkpoint.remove_stale_temporaries(cfg.output_dir)
 
     # ------------------------------------------------------------------ output dir, checkpoints, resume
     def _find_checkpoint(self) -> int | None:
         """The step to resume from, if -y 1 finds a complete checkpoint in -o."""
         c = self.cfg
-        if not c.output_dir:
-            if c.resume or c.checkpoint_every:
-                raise LlmcError("-y and -n need an output dir -o for the checkpoints")
-            return None
-        done = checkpoint.done_steps(c.output_dir)
-        if not c.resume and c.checkpoint_every and done:
-            raise LlmcError(f"{c.output_dir} already holds checkpoints (newest: step {done[-1]}); "
-                            f"resume from them with -y 1 or write to another -o")
-        if not c.resume:
+        done = checkpoint.done_steps(c.output_dir) if c.resume else []
+        if not done:
             return None
         step = checkpoint.find_latest(c.output_dir, c.process_rank)
-        if step is None and done:
-            raise LlmcError(f"{c.output_dir} holds checkpoints but none for rank {c.process_rank}: "
-                            f"resume with the -pn they were written with")
+        if step is None:
+            newest = done[-1]
+            missing = [p for p in (checkpoint.model_path(c.output_dir, newest),
+                                   checkpoint.state_path(c.output_dir, newest, c.process_rank)) if not p.is_file()]
+            raise LlmcError(f"{missing[0]} is missing, though {checkpoint.done_path(c.output_dir, newest).name} "
+                            f"marks checkpoint {newest} complete (a run of another -pn writes other state files)")
         return step
-
-    def _open_output_dir(self, resume_step: int | None) -> Path | None:
-        """Create -o and start main.log: empty for a fresh run (as llm.c), cut back to the resumed step."""
-        if not self.cfg.output_dir:
-            return None
-        out_dir = Path(self.cfg.output_dir)
-        log = out_dir / "main.log"
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            if not self.main:
-                return log
-            checkpoint.remove_stale_temporaries(out_dir)
-            if resume_step is None:
-                log.write_text("")
-            else:  # drop what the interrupted run logged after its checkpoint: the resumed run redoes it
-                lines = log.read_text().splitlines(keepends=True) if log.exists() else []
-                keep = [ln for ln in lines if not ((m := re.match(r"s:(\d+) ", ln)) and int(m.group(1)) >= resume_step)]
-                with atomic_write(log) as f:
-                    f.write("".join(keep).encode())
-        except OSError as e:
-            raise LlmcError(f"cannot write to the output dir -o {out_dir}: {e.strerror}") from None
-        return log
 
     def _restore(self, step: int) -> None:
         """Optimizer, data loader and outlier-detector state of checkpoint `step` (llm.c's load_state)."""
@@ -311,11 +360,24 @@ class Trainer:
                                                  c.process_rank):
             self.out(f"Deleting checkpoint at step {step}")
 
+    def _checkpoint_last_good_state(self, loader_state: dict) -> str:
+        """After a non-finite loss or norm: checkpoint the step boundary before it if its parameters are
+        finite (what the stop message says of it)."""
+        c = self.cfg
+        if not c.output_dir:
+            return ""
+        if np.isfinite(self.backend.to_host(self.model.params)).all():
+            self.save_checkpoint(loader_state)
+            return f"; the checkpoint of step {self.step} in {c.output_dir} holds the last good state"
+        last = (f"the checkpoint of step {self.last_checkpoint} is the last good state" if self.last_checkpoint >= 0
+                else "there is no good checkpoint")
+        return f"; the parameters were already not finite, so none was written ({last})"
+
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
         """With -o, SIGINT/SIGTERM ask for a checkpoint and a stop at the next step boundary; a second
         one acts as usual (the checkpoint files are written atomically either way)."""
-        if self.log_path is None or threading.current_thread() is not threading.main_thread():
+        if not self.cfg.output_dir or threading.current_thread() is not threading.main_thread():
             yield
             return
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -367,11 +429,6 @@ class Trainer:
             self.stream(self.decoder(token))
         self.stream(self.decoder.flush())
         self.out("\n---")
-
-    def log(self, line: str) -> None:
-        if self.log_path is not None and self.main:
-            with open(self.log_path, "a") as f:
-                f.write(line + "\n")
 
     def describe(self) -> None:
         c, m = self.cfg, self.model_cfg
@@ -458,11 +515,8 @@ class Trainer:
         loss = self.group.host_reduce([float(losses.mean())])[0] / self.group.world
         norm = float(np.sqrt(norm_squared[0]))
         if not (math.isfinite(loss) and math.isfinite(norm)):  # stop before the update spoils the state
-            where = ""
             self.step = queued.step  # the boundary before it: the device skipped its update, none later is queued
-            if self.log_path is not None:
-                self.save_checkpoint(queued.loader_state)
-                where = f"; the checkpoint of step {self.step} in {c.output_dir} holds the last good state"
+            where = self._checkpoint_last_good_state(queued.loader_state)
             raise LlmcError(f"loss {loss}, gradient norm {norm} at step {self.step + 1}: stopped before "
                             f"the update{where}")
         zloss = self.loss_detector.update(loss)
@@ -480,8 +534,15 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         # overflow is caught as a non-finite loss or norm, with a clear stop; NumPy's warnings would only add noise
-        with self._stop_on_signals(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            self._loop()
+        self.started = time.perf_counter()
+        try:
+            with self._stop_on_signals(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                self._loop()
+            self.summarize()
+        finally:
+            self.run_log.close()
+            if self.run_dir is not None:
+                self.run_dir.release()
 
     def _loop(self) -> None:
         """Steps until max_steps. On a device that queues work (and without -sl/-sg, whose z-scores the
@@ -535,21 +596,47 @@ class Trainer:
         loss, zloss, norm, zgrad, lr = self.finish_step(queued)
         dt, tps, mfu = self.timer.lap()
         eta = self.timer.eta(self.num_steps - queued.step - 1, dt)
+        mfu_column = "" if mfu is None else f"{100 * mfu:.1f}% bf16 MFU | "
         self.out(f"step {queued.step + 1:4d}/{self.num_steps} | loss {loss:7.6f} ({zloss:+.2f}z)| "
-                 f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu}{tps:.0f} tok/s | "
+                 f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu_column}{tps:.0f} tok/s | "
                  f"ETA {_duration(eta)}")
-        self.log(f"s:{queued.step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
+        self.run_log.train_step(queued.step, loss, lr, norm, dt, self.total_batch / dt, mfu)
+
+    def summarize(self) -> None:
+        """The run's closing table: time, tokens, throughput and MFU over the steady steps (after the
+        first), peak memory, val losses and the last checkpoint."""
+        c, timer = self.cfg, self.timer
+        steps = timer.steps_run
+        steady = timer.mean()
+        rows = [("wall time", _duration(time.perf_counter() - self.started)), ("steps run", steps),
+                ("tokens processed", f"{steps * self.total_batch:,}")]
+        if steady is not None:
+            rows.append(("mean tok/s (steady)", f"{self.total_batch / steady:,.0f}"))
+            if timer.mfu(steady) is not None:
+                rows.append(("mean bf16 MFU (steady)", f"{100 * timer.mfu(steady):.1f}%"))
+        rows.append(("peak host memory (RSS)", _gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
+        used = self.backend.memory_used()
+        if used is not None:
+            rows.append(("device memory usage", _gib(used)))
+        if self.val_losses:
+            best = min(self.val_losses, key=lambda sv: sv[1])
+            rows += [("final val loss", f"{self.val_losses[-1][1]:.4f} (step {self.val_losses[-1][0]})"),
+                     ("best val loss", f"{best[1]:.4f} (step {best[0]})")]
+        if self.last_checkpoint >= 0:
+            rows.append(("last checkpoint", str(checkpoint.model_path(c.output_dir, self.last_checkpoint))))
+        print_table(rows, self.out)
 
     def _boundary_jobs(self, last: bool) -> list[Callable[[], None]]:
         """What this step boundary is due (as llm.c): validation, HellaSwag, a sample, a checkpoint."""
         c, jobs = self.cfg, []
-        if self.step % c.val_every == 0 or last:
+        periodic_eval = c.val_every > 0 and self.step % c.val_every == 0  # -v 0: no validation
+        if periodic_eval or (last and c.val_every > 0):
             jobs.append(self._validate_and_print)
-        if self.hellaswag is not None and ((self.step > 0 and self.step % c.val_every == 0) or last):
+        if self.hellaswag is not None and ((self.step > 0 and periodic_eval) or last):
             jobs.append(self._hellaswag_and_print)
         if self.sample_every > 0 and ((self.step > 0 and self.step % self.sample_every == 0) or last):
             jobs.append(self.sample)
-        if (self.log_path is not None and c.checkpoint_every > 0 and self.step != self.last_checkpoint
+        if (c.output_dir and c.checkpoint_every > 0 and self.step != self.last_checkpoint
                 and ((self.step > 0 and self.step % c.checkpoint_every == 0) or last)):
             jobs.append(self.save_checkpoint)
         return jobs
@@ -557,9 +644,10 @@ class Trainer:
     def _validate_and_print(self) -> None:
         val = self.validate()
         self.out(f"val loss {val:f}")
-        self.log(f"s:{self.step} tel:{val:.4f}")
+        self.val_losses.append((self.step, val))
+        self.run_log.val_loss(self.step, val)
 
     def _hellaswag_and_print(self) -> None:
         acc = evaluate(self.model, self.hellaswag)
         self.out(f"HellaSwag: {round(acc * len(self.hellaswag))}/{len(self.hellaswag)} = {acc:f}")
-        self.log(f"s:{self.step} eval:{acc:.4f}")
+        self.run_log.hellaswag(self.step, acc)

@@ -23,7 +23,8 @@ def command(source: str, outdir: str | None, out_dir: str | None, to_hf: bool, d
 
     \b
     SOURCE is gpt2, gpt2-medium, gpt2-large, gpt2-xl, a hub repo id (owner/name) or a local folder
-    with config.json and model.safetensors (downloads are cached; HF_HUB_OFFLINE=1 is honored).
+    with config.json and model.safetensors. Hub checkpoints are read from the local Hugging Face
+    cache, else downloaded; offline (HF_HUB_OFFLINE=1 or no connection) pass a local folder.
     Writes, as llm.c's train_gpt2.py: gpt2_SIZE.bin (fp32, version 3), gpt2_SIZE_bf16.bin (bf16,
     version 5, round-to-nearest-even), gpt2_tokenizer.bin; SIZE is 124M, 355M, 774M or 1558M
     (other shapes: dN or LxHyCz). wte is padded with zero rows to a multiple of 128.

@@ -10,8 +10,8 @@ from llmc.core.errors import LlmcError
 
 @click.command("train-gpu")
 @train_options({"B": 4, "T": 1024, "model": "gpt2_124M_bf16.bin", "recompute": 1, "gelu_fusion": 2,
-                "master_weights": 1, "num_processes": 1, "process_rank": 0, "zero_stage": 0, "flag_f": 1,
-                "flag_lg": -1, "flag_pg": 8, "flag_pi": "mpi"}, allow_gpu_only=True)
+                "master_weights": 1, "num_processes": 1, "process_rank": 0, "zero_stage": 0, "tf32": 1,
+                "log_gpu_every": -1, "gpus_per_node": 8, "init_method": "mpi"}, allow_gpu_only=True)
 def command(**options) -> None:
     """Train GPT-2 on NVIDIA GPUs in bf16 (llm.c's train_gpt2.cu), with llm.c's flags.
 
@@ -30,11 +30,11 @@ def command(**options) -> None:
     cfg = train_config(options)
     if cfg.zero_stage not in (0, 1):
         raise LlmcError("-z takes 0 or 1 (ZeRO-1)")
-    if options["flag_lg"] > 0:
+    if options["log_gpu_every"] > 0:
         raise LlmcError("-lg (GPU utilization logging through NVML) is not supported by llmc")
-    group = distributed.init(cfg.num_processes, cfg.process_rank, options["flag_pg"], options["flag_pi"],
-                             options["flag_ps"], options["flag_pf"])
+    group = distributed.init(cfg.num_processes, cfg.process_rank, options["gpus_per_node"], options["init_method"],
+                             options["server_ip"], options["fs_path"])
     cfg = dataclasses.replace(cfg, num_processes=group.world, process_rank=group.rank)  # mpirun's, under -pi mpi
     if cfg.zero_stage == 1 and group.world == 1:
         click.echo("ZeRO-1 shards the optimizer state across processes; with one process it is the same as -z 0")
-    run_training(cfg, "gpu", group)
+    run_training(cfg, "gpu", options, group)

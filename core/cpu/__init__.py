@@ -1,5 +1,7 @@
 """The CPU backend: fp32 NumPy, llm.c's train_gpt2.c. Implements core/primitives.py."""
 
+import os
+import platform
 from typing import Callable
 
 import numpy as np
@@ -41,8 +43,21 @@ def promised_flops() -> float | None:
     return None  # no bf16 tensor cores: the step line has no MFU
 
 
+def device_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        model = None
+    return f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def memory_used() -> None:
+    return None
+
+
 __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
-           "promised_flops",
+           "promised_flops", "device_name", "memory_used",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward", "residual_forward",
            "layernorm_backward", "matmul_forward", "matmul_backward",

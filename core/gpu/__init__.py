@@ -4,8 +4,8 @@
 Implements core/primitives.py; importing it without CuPy or a GPU raises LlmcError, never a silent
 fall back to the CPU."""
 
-from llmc.core.gpu.runtime import (BF16, cp, fetch, graph, promised_flops, synchronize, to_device,  # runtime first:
-                                   to_host)  # it checks for CuPy and a GPU
+from llmc.core.gpu.runtime import (BF16, cp, device_name, fetch, graph, memory_used,  # runtime first:
+                                   promised_flops, synchronize, to_device, to_host)  # it checks for CuPy and a GPU
 from llmc.core.gpu.attention import attention_backward, attention_forward, attention_stats_shape
 from llmc.core.gpu.classifier import softmax_crossentropy
 from llmc.core.gpu.encoder import encoder_backward, encoder_forward
@@ -20,7 +20,7 @@ act_dtype = BF16
 asynchronous = True
 
 __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
-           "promised_flops",
+           "promised_flops", "device_name", "memory_used",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward", "residual_forward",
            "layernorm_backward", "matmul_forward", "matmul_backward",

@@ -250,6 +250,16 @@ def fetch(*arrays) -> Callable[[], list[np.ndarray]]:
     return wait
 
 
+def device_name() -> str:
+    return DEVICE_NAME
+
+
+def memory_used() -> int:
+    """Device memory in use (all of the device's users), as llm.c's "device memory usage"."""
+    free, total = cp.cuda.runtime.memGetInfo()
+    return total - free
+
+
 def promised_flops() -> float:
     """This device's dense bf16 FLOP/s (llm.c's MFU denominator), -1 when unknown (llm.c prints -100%)."""
     return promised_bf16_flops(DEVICE_NAME)

@@ -59,8 +59,21 @@ def assert_one_line_error(result, *fragments: str) -> None:
         assert fragment in lines[0]
 
 
-def digest(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+# files that record one invocation (its pid, command line, timings) rather than what was trained
+RECORDS = (".llmc.lock", "config.json", "metrics.csv")
+
+
+def digest(d: Path, records: bool = False) -> dict[str, str]:
+    """sha256 of what a run trained and logged: checkpoints and main.log (and RECORDS, if asked)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())
+            if p.is_file() and (records or p.name not in RECORDS)}
+
+
+def metrics_without_timings(d: Path) -> list[list[str]]:
+    """metrics.csv's rows less the columns that time the step (ms, tok/s, MFU)."""
+    rows = [ln.split(",") for ln in (d / "metrics.csv").read_text().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if name not in ("ms", "tok_per_s", "mfu")]
+    return [[row[i] for i in keep] for row in rows]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -91,9 +104,23 @@ def test_bad_inputs(data, tmp_path):
         (["-d", 100], "multiple of B*T"),
         (["-b", -4, "-d", 64], "-b and -t take sizes >= 1"),
         (["-m", 0], "-m a number of batches"),
-        (["-sl", -1], "-sl and -sg"),
+        (["-sl", -1], "-sl takes a finite number >= 0, not -1.0"),
+        (["-sg", "nan"], "-sg takes a finite number >= 0, not nan"),
+        (["-l", "nan"], "-l takes a finite number >= 0, not nan"),
+        (["-l", "inf"], "-l takes a finite number >= 0, not inf"),
+        (["-l", -1e-3], "-l takes a finite number >= 0"),
+        (["-q", "nan"], "-q takes a finite number"),
+        (["-c", "-inf"], "-c takes a finite number"),
+        (["-u", -5], "-u takes a number of warmup steps >= 0, not -5"),
+        (["-x", 0], "-x takes a number of steps >= 1 (or -1: one epoch of -i), not 0"),
+        (["-x", -3], "-x takes a number of steps >= 1 (or -1: one epoch of -i), not -3"),
+        (["-v", -1], "-v takes a number of steps >= 0 (0 = no validation)"),
+        (["-o", tmp_path / "o", "-y", 1, "--overwrite"], "give one of them"),
+        (["-e", "d4:c10:h3"], "channels 10 not divisible by heads 3"),
+        (["-e", "d4:c16"], "unsupported model descriptor 'd4:c16'"),
         (["-o", bad / "file" / "out", "-n", 5], "cannot write to the output dir"),
         (["-y", 1], "need an output dir -o"),
+        (["--overwrite"], "need an output dir -o"),
         (["-h", 1, "-o", tmp_path / "h"], None),  # not an error: llm.c's note that the eval file is missing
     ]
     for extra, fragment in cases:
@@ -107,11 +134,11 @@ def test_bad_inputs(data, tmp_path):
 def test_failed_start_leaves_output_untouched(data, tmp_path):
     out = tmp_path / "out"
     assert train(*args(data, out, "-x", 4, "-n", 2)).exit_code == 0
-    before = digest(out)
+    before = digest(out, records=True)
     # resuming into bad data, a fresh start over the checkpoints, a corrupt newest state file
-    assert_one_line_error(train(*args(data, out, "-x", 8, "-n", 2, "-y", 1, "-i", data / "none*.bin")), "no files")
-    assert_one_line_error(train(*args(data, out, "-x", 8, "-n", 2)), "already holds checkpoints (newest: step 4)")
-    assert digest(out) == before
+    assert_one_line_error(train(*args(data, out, "-x", 8, "-n", 2, "-y", 1, "-j", data / "none*.bin")), "no files")
+    assert_one_line_error(train(*args(data, out, "-x", 8, "-n", 2)), "already holds a run (checkpoints up to step 4)")
+    assert digest(out, records=True) == before
     state = checkpoint.state_path(out, 4)
     state.write_bytes(state.read_bytes()[:-100])
     assert_one_line_error(train(*args(data, out, "-x", 8, "-n", 2, "-y", 1)), "state_00000004_00000.bin")
@@ -190,6 +217,7 @@ def test_kill_9_never_corrupts_the_latest_checkpoint(data, tmp_path):
     # the killed-and-resumed run ends exactly where the uninterrupted one did
     assert checkpoint.done_steps(out) == checkpoint.done_steps(ref) == [58, 59, 60]
     assert digest(out) == digest(ref)
+    assert metrics_without_timings(out) == metrics_without_timings(ref)
     assert interrupted_writes >= 3  # the rename kills, and maybe random ones, landed inside a write
 
 

@@ -1,5 +1,7 @@
 """HellaSwag scoring (llm.c's EvalLoader): packing, completion losses, the trainer's eval lines."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -83,7 +85,7 @@ def test_trainer_logs_hellaswag(tmp_path, monkeypatch):
     cfg = TrainConfig(train_data="train.bin", val_data="train.bin", model="model.bin", output_dir="out",
                       B=4, T=16, max_steps=4, val_every=2, val_max_steps=1, sample_every=0, hellaswag=1)
     lines: list[str] = []
-    Trainer(cfg, cpu, out=lines.append)  # the default path data/hellaswag/hellaswag_val.bin is missing
+    Trainer(dataclasses.replace(cfg, output_dir=None), cpu, out=lines.append)  # no eval file at the default path
     assert "HellaSwag eval not found at data/hellaswag/hellaswag_val.bin, skipping its evaluation" in lines
     (tmp_path / "data" / "hellaswag").mkdir(parents=True)
     write_eval_shard("data/hellaswag/hellaswag_val.bin", make_examples(5))

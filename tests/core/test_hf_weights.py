@@ -1,20 +1,26 @@
 """HF GPT-2 <-> llm.c checkpoints, checked against transformers' own GPT2LMHeadModel."""
 
+import io
 import json
 import math
+import os
+import socket
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+import safetensors.torch as safetensors_torch  # noqa: E402
 
 from llmc.core.config import GPTConfig, param_shapes  # noqa: E402
 from llmc.core.errors import LlmcError  # noqa: E402
 from llmc.core.formats import HEADER_BYTES, read_debug_state, read_model, read_shard, write_shard  # noqa: E402
-from llmc.core.hf_weights import (config_from_hf, debug_batch, export_to_hf, export_to_llmc, hf_to_llmc,  # noqa: E402
-                                  load_hf, size_name)
+from llmc.core.hf_weights import (_reachable, config_from_hf, debug_batch, export_to_hf, export_to_llmc,  # noqa: E402
+                                  hf_to_llmc, load_hf, size_name)
 from llmc.core.torch_gpt2 import GPT2, make_debug_state  # noqa: E402
 
 # bf16 rounding ties (exactly half-way between two bf16 values) and neighbours, planted in a bias
@@ -217,7 +223,14 @@ def test_gpt2_vocab_export_writes_hf_tokenizer_and_llmc_tokenizer(tmp_path):
     enc = gpt2_encoding()
     assert eot == 50256 and len(tokens) == 50257 and tokens[198] == b"\n" and tokens[50256] == b"<|endoftext|>"
     assert all(tokens[i] == enc.decode_single_token_bytes(i) for i in range(0, 50257, 97))
-    export_to_hf(tmp_path / "bin" / "gpt2_L1H2C8.bin", tmp_path / "hf2", echo=lambda s: None)
+    umask = os.umask(0o022)
+    try:
+        written = export_to_hf(tmp_path / "bin" / "gpt2_L1H2C8.bin", tmp_path / "hf2", echo=lambda s: None)
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in written) == sorted(p.name for p in (tmp_path / "hf2").iterdir()) == [
+        "config.json", "merges.txt", "model.safetensors", "tokenizer_config.json", "vocab.json"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in written)
     config = json.loads((tmp_path / "hf2" / "config.json").read_text())
     assert config["eos_token_id"] == 50256 and config["n_positions"] == 8
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf2")
@@ -240,3 +253,57 @@ def test_llmc_cpu_forward_matches_transformers(hf_dir, hf_model):
     np.testing.assert_allclose(model.acts["logits"][..., :101], hf_logits, rtol=0, atol=1e-5)
     hf_loss = torch.nn.functional.cross_entropy(torch.from_numpy(hf_logits).reshape(-1, 101), y.reshape(-1))
     assert abs(model.mean_loss() - hf_loss.item()) < 1e-5
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so tqdm draws its bars."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_on_a_terminal(hf_dir, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    cfg, flat = load_hf(str(hf_dir), echo=lambda s: None)
+    x = np.zeros((1, 4), dtype=np.int32)
+    make_debug_state(cfg, flat, x, x, steps=3)
+    shown = sys.stderr.getvalue()
+    assert "reading tensors" in shown and "/28 " in shown  # wte, wpe, 12 per layer * 2, ln_f's two
+    assert "debug state" in shown and "/3 " in shown
+
+
+@pytest.fixture
+def listening():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_reachable_probes_the_endpoint_or_its_proxy(listening, monkeypatch):
+    for key in [k for k in os.environ if "proxy" in k.lower()]:
+        monkeypatch.delenv(key)
+    assert _reachable(listening + "/some/path", timeout=1.0)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: refused at once
+        start = time.monotonic()
+        assert not _reachable(f"http://127.0.0.1:{closed.getsockname()[1]}", timeout=3.0)
+        assert time.monotonic() - start < 1.0
+    monkeypatch.setenv("https_proxy", listening)  # behind a proxy the hub is reached through it
+    assert _reachable("https://hub.invalid", timeout=1.0)
+    monkeypatch.setenv("no_proxy", "hub.invalid")
+    assert not _reachable("https://hub.invalid", timeout=1.0)
+
+
+def test_reachable_gives_up_on_a_hanging_connect(monkeypatch):
+    release = threading.Event()
+
+    def black_hole(*args, **kwargs):
+        release.wait(30)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", black_hole)
+    start = time.monotonic()
+    try:
+        assert not _reachable("https://huggingface.co", timeout=0.5)
+        assert time.monotonic() - start < 1.5
+    finally:
+        release.set()

@@ -1,5 +1,7 @@
 """KV-cache generation against the training model's forward, llm.c's sampler, streaming decode."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -95,6 +97,9 @@ def test_temperature_and_top_k():
     assert {next_token(logits, XorShift(s), top_k=2) for s in range(1, 200)} == {1, 3}
     hot = {next_token(logits, XorShift(s), temperature=100.0) for s in range(1, 200)}
     assert hot == {0, 1, 2, 3, 4}
+    # a tiny temperature is all but greedy: no fp32 overflow (1e-40 is subnormal, 1e-50 rounds to 0 in fp32)
+    for temperature in (1e-40, 1e-50, 1e-300):
+        assert {next_token(logits, XorShift(s), temperature=temperature) for s in range(1, 50)} == {1}
 
 
 def test_decoder_streams_split_characters():
@@ -104,12 +109,30 @@ def test_decoder_streams_split_characters():
     assert d(2) + d.flush() == "\ufffd"
 
 
-def test_gpt2_decoder_round_trip():
+def test_gpt2_decoder_round_trip(tmp_path, monkeypatch):
     from llmc.core.sample import encode_prompt, load_decoder
+    monkeypatch.chdir(tmp_path)  # no gpt2_tokenizer.bin here: GPT-2's BPE
     d = load_decoder()
     text = "Hello, wörld — ünïcode ✓"
     assert "".join(d(t) for t in encode_prompt(text)) + d.flush() == text
-    assert d.eot == 50256 and d(50256) == "<|endoftext|>"
+    assert d.eot == 50256 and d(50256) == "<|endoftext|>" and d.path is None
+
+
+def test_tokenizer_file_decoder(tmp_path, monkeypatch):
+    from llmc.core.formats import write_tokenizer
+    from llmc.core.sample import LLMC_TOKENIZER, load_decoder
+    write_tokenizer(tmp_path / "tok.bin", [b"a", "é".encode()[:1], "é".encode()[1:], b"<|eot|>"], eot=3)
+    d = load_decoder(tmp_path / "tok.bin")
+    assert d.eot == 3 and d.path == str(tmp_path / "tok.bin")
+    assert "".join(d(t) for t in [0, 1, 2, 3, 7]) + d.flush() == "aé<|eot|><|7|>"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok.bin").rename(LLMC_TOKENIZER)  # llm.c's file in the cwd is the default
+    assert load_decoder().path == LLMC_TOKENIZER
+    for eot in (4, -1):  # outside its own 4 tokens: the file is at fault
+        write_tokenizer(tmp_path / "bad.bin", [b"a", b"b", b"c", b"d"], eot=eot)
+        message = f"{tmp_path / 'bad.bin'}: end-of-text id {eot} is outside its 4 tokens"
+        with pytest.raises(LlmcError, match=f"^{re.escape(message)}$"):
+            load_decoder(tmp_path / "bad.bin")
 
 
 def test_training_samples_as_llmc(tmp_path):

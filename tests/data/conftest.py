@@ -4,12 +4,12 @@ import os
 
 import pytest
 
-from .util import EOT, SHARED
+from .util import ASSETS, EOT
 
 
 @pytest.fixture(scope="session")
 def ref_enc():
-    """tiktoken's own gpt2 recipe (its regex, its loader) on shared/'s ranks, not llmc's tokenizer module."""
+    """tiktoken's own gpt2 recipe (its regex, its loader) on the shipped ranks, not llmc's tokenizer module."""
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
     from tiktoken_ext.openai_public import r50k_pat_str
@@ -17,7 +17,7 @@ def ref_enc():
     cache = os.environ.get("TIKTOKEN_CACHE_DIR")
     os.environ["TIKTOKEN_CACHE_DIR"] = ""  # read the local file, leave no cached copy behind
     try:
-        ranks = load_tiktoken_bpe(str(SHARED / "tokenizer/gpt2.tiktoken"),
+        ranks = load_tiktoken_bpe(str(ASSETS / "gpt2.tiktoken"),
                                   expected_hash="306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930")
     finally:
         if cache is None:

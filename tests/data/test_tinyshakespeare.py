@@ -2,9 +2,9 @@ import numpy as np
 
 from llmc.data import shards
 
-from .util import EOT, SHARED, run_prepro, shard_tokens
+from .util import ASSETS, EOT, run_prepro, shard_tokens
 
-CORPUS = SHARED / "corpus/shakespeare.txt"
+CORPUS = ASSETS / "shakespeare.txt"
 
 
 def llmc_rules(enc, text: str) -> np.ndarray:
@@ -17,7 +17,7 @@ def llmc_rules(enc, text: str) -> np.ndarray:
     return np.array(tokens, dtype=np.uint16)
 
 
-def test_shared_corpus_matches_independent_encoding(tmp_path, ref_enc):
+def test_shipped_corpus_matches_independent_encoding(tmp_path, ref_enc):
     result = run_prepro("tinyshakespeare", "--input", str(CORPUS), "-o", str(tmp_path), "-p", "1")
     assert result.exit_code == 0, result.output
     expected = llmc_rules(ref_enc, open(CORPUS).read())

@@ -4,7 +4,7 @@ import numpy as np
 
 from llmc.data.tokenizer import EOT, GPT2_PATTERN, RANKS_FILE, encode, encode_documents, gpt2_encoding
 
-from .util import SHARED
+from .util import ASSETS
 
 SAMPLES = [
     "Hello world", "hello world", "", "  leading and trailing  \n\n", "I'm sure they'll've said 'twas",
@@ -13,9 +13,9 @@ SAMPLES = [
 ]
 
 
-def test_shipped_ranks_are_shared_copy():
+def test_shipped_ranks_are_openais_r50k_base():
     data = RANKS_FILE.read_bytes()
-    assert data == (SHARED / "tokenizer/gpt2.tiktoken").read_bytes()
+    assert RANKS_FILE == ASSETS / "gpt2.tiktoken"
     assert hashlib.sha256(data).hexdigest() == "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 
 
@@ -34,7 +34,7 @@ def test_known_token_ids():
 def test_encode_matches_tiktoken_encode_ordinary(ref_enc):
     for text in SAMPLES:
         assert encode(text).tolist() == ref_enc.encode_ordinary(text), repr(text[:40])
-    corpus = (SHARED / "corpus/shakespeare.txt").read_text()
+    corpus = (ASSETS / "shakespeare.txt").read_text()
     np.testing.assert_array_equal(encode(corpus), ref_enc.encode_ordinary(corpus))
 
 

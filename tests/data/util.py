@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 
 EOT = 50256
-SHARED = Path(__file__).resolve().parents[2] / "../shared"  # CI: shared/ is a sibling of the repo root
+# the copies the repository ships (the tests read nothing outside the clone)
+ASSETS = Path(__file__).resolve().parents[2] / "data/assets"
 
 
 def docs_tokens(enc, texts) -> np.ndarray:
