@@ -12,8 +12,13 @@ test:
 test-gpu:
 	$(PYTHON) -m pytest -q -m gpu tests
 
+# README's lines as typed (tests/test_readme.py keeps the two the same); --overwrite: a rerun retrains
 demo:
-	$(PYTHON) -m llmc.cli.demo
+	llmc prepro tinyshakespeare --builtin -o out/demo/data
+	llmc train-cpu -e d4:c128:h4:t128 -i out/demo/data/tiny_shakespeare_train.bin \
+	    -j out/demo/data/tiny_shakespeare_val.bin -o out/demo/log --overwrite \
+	    -b 8 -t 64 -x 300 -l 1e-3 -u 20 -q 0.1 -v 50 -m 10 -s 0 -n 300
+	llmc sample -e out/demo/log/model_00000300.bin --prompt "ROMEO:" -g 80
 
 bench: bench-cpu
 

@@ -340,11 +340,15 @@ class Trainer:
         self.step = self.last_checkpoint = step
         self.out(f"resuming from the checkpoint of step {step} in {c.output_dir}")
 
-    def save_checkpoint(self, loader_state: dict | None = None) -> None:
+    def save_checkpoint(self, loader_state: dict | None = None, params: np.ndarray | None = None) -> None:
         """model_%08d.bin, state_%08d_%05d.bin, DONE_%08d of the current step boundary; then keep the
         newest -nk (and every -nm-th) checkpoints. loader_state: the loader as of this boundary, when
-        it has read ahead since."""
+        it has read ahead since; params: the parameters on the host, when the caller has them."""
         c, model, backend = self.cfg, self.model, self.backend
+        params = backend.to_host(model.params) if params is None else params
+        if not np.isfinite(params).all():  # a diverged state is never written as a checkpoint
+            raise LlmcError(f"the parameters are not finite at step {self.step}: no checkpoint written; "
+                            f"{self._last_good()}")
         n = model.shard.size
         host = lambda a: np.zeros(n, np.float32) if a is None else backend.to_host(a)  # noqa: E731
         state = checkpoint.TrainState(self.step, host(model.m), host(model.v),
@@ -352,7 +356,7 @@ class Trainer:
                                       loader_state or self.train_loader.state(),
                                       [self.loss_detector, self.grad_detector], c.num_processes, c.process_rank)
         self.out(f"Writing checkpoint at step {self.step}")
-        checkpoint.save_checkpoint(c.output_dir, self.model_cfg, backend.to_host(model.params),
+        checkpoint.save_checkpoint(c.output_dir, self.model_cfg, params,
                                    backend.act_dtype != np.float32, state, self.group.barrier)
         self.group.barrier()  # DONE is written: every rank may prune
         self.last_checkpoint = self.step
@@ -361,17 +365,21 @@ class Trainer:
             self.out(f"Deleting checkpoint at step {step}")
 
     def _checkpoint_last_good_state(self, loader_state: dict) -> str:
-        """After a non-finite loss or norm: checkpoint the step boundary before it if its parameters are
-        finite (what the stop message says of it)."""
+        """After a non-finite loss or norm: checkpoint the step boundary before it, if its parameters
+        are finite; what the stop message says of it."""
         c = self.cfg
         if not c.output_dir:
             return ""
-        if np.isfinite(self.backend.to_host(self.model.params)).all():
-            self.save_checkpoint(loader_state)
-            return f"; the checkpoint of step {self.step} in {c.output_dir} holds the last good state"
-        last = (f"the checkpoint of step {self.last_checkpoint} is the last good state" if self.last_checkpoint >= 0
-                else "there is no good checkpoint")
-        return f"; the parameters were already not finite, so none was written ({last})"
+        params = self.backend.to_host(self.model.params)
+        if not np.isfinite(params).all():
+            return f"; the parameters were already not finite, so no checkpoint was written ({self._last_good()})"
+        self.save_checkpoint(loader_state, params)
+        return f"; the checkpoint of step {self.step} in {c.output_dir} holds the last good state"
+
+    def _last_good(self) -> str:
+        if self.last_checkpoint < 0:
+            return "there is no good checkpoint"
+        return f"the checkpoint of step {self.last_checkpoint} in {self.cfg.output_dir} is the last good state"
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -613,8 +621,8 @@ class Trainer:
         if steady is not None:
             rows.append(("mean tok/s (steady)", f"{self.total_batch / steady:,.0f}"))
             if timer.mfu(steady) is not None:
-                rows.append(("mean bf16 MFU (steady)", f"{100 * timer.mfu(steady):.1f}%"))
-        rows.append(("peak host memory (RSS)", _gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
+                rows.append(("mean MFU (steady)", f"{100 * timer.mfu(steady):.1f}%"))
+        rows.append(("peak host RSS", _gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
         used = self.backend.memory_used()
         if used is not None:
             rows.append(("device memory usage", _gib(used)))
