@@ -256,8 +256,8 @@ class Trainer:
         if self.resumed:
             self._restore(resume_step)
         self.hellaswag = self._load_hellaswag() if self.main else None
-        self.decoder = None  # the tokenizer, loaded at the first sample
         self.sample_every = cfg.sample_every if self.main else 0  # 0 once sampling turns out impossible
+        self.decoder = load_decoder() if self.sample_every > 0 else None  # a bad tokenizer stops the start, not the run
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.train_step = backend.graph(self._forward_backward)
         self.step_losses = backend.xp.zeros((self.grad_accum, cfg.B, cfg.T), dtype=np.float32)
@@ -419,11 +419,10 @@ class Trainer:
 
     def sample(self) -> None:
         """llm.c's mid-run sample: from <|endoftext|>, genT - 1 tokens, xorshift seeded 1337, streamed."""
-        if self.decoder is None:
-            self.decoder = load_decoder()
         V, eot = self.model_cfg.vocab_size, self.decoder.eot
         if eot >= V:
-            self.out(f"no samples: the model's vocab of {V} has no <|endoftext|> ({eot}) to start from")
+            tokenizer = self.decoder.path or "GPT-2's tokenizer"
+            self.out(f"no samples: {tokenizer}'s <|endoftext|> ({eot}) is outside the model's vocab of {V}")
             self.sample_every = 0
             return
         n = min(self.cfg.gen_tokens - 1, max_new_tokens(self.model_cfg, 1))

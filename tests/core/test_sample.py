@@ -155,3 +155,22 @@ def test_training_samples_as_llmc(tmp_path):
     tokens = generate(cfg, trainer.model.params, np, [GPT2_EOT], 8, XorShift(1337))
     assert "".join(text) == "".join(decoder(t) for t in tokens) + decoder.flush()
     assert len(text) == 9  # streamed token by token, then the decoder's flush
+
+
+def test_training_samples_need_a_tokenizer_that_fits(tmp_path, monkeypatch):
+    """A model without GPT-2's <|endoftext|> trains without samples, and says whose EOT it lacks; a broken
+    tokenizer file stops the start, not the run at its first sample."""
+    from llmc.core.formats import write_model, write_shard, write_tokenizer
+    from llmc.core.train import TrainConfig, Trainer
+
+    monkeypatch.chdir(tmp_path)
+    write_model("m.bin", CFG, random_init(CFG))
+    write_shard("d.bin", np.random.default_rng(0).integers(0, CFG.vocab_size, 500))
+    cfg = TrainConfig(train_data="d.bin", val_data="d.bin", model="m.bin", B=4, T=8, max_steps=2, val_max_steps=1,
+                      sample_every=1)
+    lines: list[str] = []
+    Trainer(cfg, cpu, out=lines.append).run()
+    assert lines.count("no samples: GPT-2's tokenizer's <|endoftext|> (50256) is outside the model's vocab of 101") == 1
+    write_tokenizer("gpt2_tokenizer.bin", [bytes([i]) for i in range(10)], 12)  # llm.c's file, read from the cwd
+    with pytest.raises(LlmcError, match="end-of-text id 12 is outside its 10 tokens"):
+        Trainer(cfg, cpu, out=lines.append)
