@@ -15,9 +15,10 @@ import numpy as np
 from llmc.core.config import GPTConfig, param_shapes
 from llmc.core.formats import read_debug_state, read_model
 from llmc.core.model import GPT, views
+from llmc.core.primitives import AdamW
 
 # test_gpt2.c's optimizer (no gradient clipping)
-LR, BETA1, BETA2, EPS, WEIGHT_DECAY = 1e-4, 0.9, 0.999, 1e-8, 0.01
+TEST_ADAMW = AdamW(lr=1e-4, weight_decay=0.01, beta2=0.999)
 # test_gpt2.c's expected losses for GPT-2 124M on its debug state
 GPT2_124M_LOSSES = (5.270007133483887, 4.059706687927246, 3.3751230239868164, 2.8007826805114746,
                     2.315382242202759, 1.8490285873413086, 1.3946564197540283, 0.9991465210914612,
@@ -89,7 +90,7 @@ def check(model_path: str, state_path: str, backend: ModuleType, tol: Tolerances
             step_ok = abs(loss - ref_losses[step]) < tol.loss
             ok &= step_ok
             out(f"step {step}: loss {loss:f} (took {ms:f} ms) OK = {int(step_ok)}")
-            model.update(LR, BETA1, BETA2, EPS, WEIGHT_DECAY, step + 1)
+            model.update(TEST_ADAMW, step=step + 1)
     out(f"overall okay: {int(ok)}")
     return ok
 

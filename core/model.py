@@ -14,6 +14,7 @@ import numpy as np
 from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes
 from llmc.core.distributed import SingleProcess, shard_pieces, whole, zero_shard
 from llmc.core.errors import LlmcError
+from llmc.core.primitives import AdamW
 
 
 def views(flat, shapes: dict[str, tuple[int, ...]]) -> dict:
@@ -192,8 +193,8 @@ class GPT:
         """The norm compute_grad_norm queued (waits for it)."""
         return float(np.sqrt(self.backend.to_host(self.norm_squared)[0]))
 
-    def update(self, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
-               grad_scale: float = 1.0, seed: int = 0, clip_to: float | None = None) -> None:
+    def update(self, hp: AdamW, *, step: int, grad_scale: float = 1.0, seed: int = 0,
+               clip_to: float | None = None) -> None:
         """AdamW over this rank's shard in one call; weight decay only on the 2-D weights, as
         train_gpt2.cu. With clip_to, the gradients are clipped to that global norm on the device, from
         the norm compute_grad_norm queued (skipped where it is not finite). Sharded, the updated shards
@@ -206,9 +207,10 @@ class GPT:
         local = slice(lo - self.shard.start, hi - self.shard.start)
         if hi > lo:
             self.backend.adamw_update(self.flat_params[lo:hi], self.flat_grads[lo:hi], self.m[local], self.v[local],
-                                      None if self.master is None else self.master[local], lr, beta1, beta2,
-                                      eps, weight_decay, step, grad_scale, seed, self.decayed,
-                                      None if clip_to is None else self.norm_squared, clip_to or 1.0)
+                                      None if self.master is None else self.master[local], hp=hp, step=step,
+                                      grad_scale=grad_scale, seed=seed, decayed=self.decayed,
+                                      norm_squared=None if clip_to is None else self.norm_squared,
+                                      max_norm=clip_to or 1.0)
         if self.sharded:
             self.group.all_gather(self.flat_params)
 

@@ -12,9 +12,20 @@ layernorm statistics, losses and optimizer state always fp32, tokens int32.
 Shapes: B batch, T time, C channels, OC output channels, NH heads, V vocab, Vp padded vocab.
 """
 
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 Array = Any  # numpy.ndarray or cupy.ndarray
+
+
+@dataclass(frozen=True)
+class AdamW:
+    """One AdamW update's hyperparameters; the defaults are train_gpt2.cu's."""
+    lr: float
+    weight_decay: float = 0.0  # decoupled, on the spans adamw_update is given
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
 
 
 class Primitives(Protocol):
@@ -113,13 +124,12 @@ class Primitives(Protocol):
     def global_norm_squared(self, out: Array, grads: Array) -> None:
         """out (1,) fp32 = sum of grads**2 (grads flat); the host takes its square root."""
 
-    def adamw_update(self, param: Array, grad: Array, m: Array, v: Array, master: Array | None,
-                     lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                     step: int, grad_scale: float, seed: int,
+    def adamw_update(self, param: Array, grad: Array, m: Array, v: Array, master: Array | None, *, hp: AdamW,
+                     step: int, grad_scale: float = 1.0, seed: int = 0,
                      decayed: tuple[tuple[int, int], ...] | None = None, norm_squared: Array | None = None,
                      max_norm: float = 1.0) -> None:
         """One AdamW step (step counts from 1) over flat arrays (the whole model in one call); grad is
-        multiplied by grad_scale first (clipping). weight_decay applies to the elements of the
+        multiplied by grad_scale first (clipping). hp.weight_decay applies to the elements of the
         [start, stop) spans in decayed (all elements when None). m, v (and master, the fp32 weights
         when param is bf16) are fp32. Without master, a bf16 param is written with stochastic
         rounding, its random bits a function of (element index, seed). With norm_squared (1,) fp32,

@@ -42,6 +42,7 @@ from llmc.core.init import load_params
 from llmc.core.metrics import RunLog
 from llmc.core.model import GPT
 from llmc.core.outliers import OutlierDetector
+from llmc.core.primitives import AdamW
 from llmc.core.rand import XorShift
 from llmc.core.rundir import RunDir
 from llmc.core.sample import generate, load_decoder, max_new_tokens
@@ -509,10 +510,10 @@ class Trainer:
         return learning_rate(c.schedule, step, c.lr, c.warmup, self.num_steps, c.final_lr_frac)
 
     def _update(self, step: int, grad_scale: float = 1.0, clip_to: float | None = None) -> None:
-        """AdamW for the 0-based step with llm.c's betas and eps; -w 0's stochastic rounding seeded per
-        step (reproducible from a checkpoint)."""
-        self.model.update(self._lr(step), 0.9, 0.95, 1e-8, self.cfg.weight_decay, step + 1, grad_scale,
-                          seed=step * 1000003 + 1, clip_to=clip_to)
+        """AdamW for the 0-based step with train_gpt2.cu's betas and eps; -w 0's stochastic rounding
+        seeded per step (reproducible from a checkpoint)."""
+        hp = AdamW(lr=self._lr(step), weight_decay=self.cfg.weight_decay)
+        self.model.update(hp, step=step + 1, grad_scale=grad_scale, seed=step * 1000003 + 1, clip_to=clip_to)
 
     def finish_step(self, queued: QueuedStep) -> tuple[float, float, float, float, float]:
         """Wait for a queued step's losses and norm: (loss, loss z, norm, norm z, lr). Under -sl/-sg

@@ -4,8 +4,9 @@ import functools
 
 import numpy as np
 
-from llmc.core.gpu.runtime import (BF16, NUM_SMS, after_side_work, cdiv, check, check_arrays, launch, ptr, scratch,
-                                   to_device)
+from llmc.core.gpu.runtime import (BF16, NUM_SMS, after_side_work, cdiv, check, check_arrays, launch,
+                                   launch_named, ptr, scratch, to_device)
+from llmc.core.primitives import AdamW
 
 NORM_BLOCKS = 4 * NUM_SMS
 
@@ -28,8 +29,7 @@ def _spans(decayed: tuple[tuple[int, int], ...]):
 
 
 @after_side_work
-def adamw_update(param, grad, m, v, master, lr: float, beta1: float, beta2: float, eps: float,
-                 weight_decay: float, step: int, grad_scale: float, seed: int,
+def adamw_update(param, grad, m, v, master, *, hp: AdamW, step: int, grad_scale: float = 1.0, seed: int = 0,
                  decayed: tuple[tuple[int, int], ...] | None = None, norm_squared=None, max_norm: float = 1.0) -> None:
     """One AdamW step (step from 1) with grad * grad_scale over flat arrays, in one launch; weight decay
     on the [start, stop) spans in decayed (all elements when None). bf16 param, fp32 m, v and master.
@@ -43,8 +43,11 @@ def adamw_update(param, grad, m, v, master, lr: float, beta1: float, beta2: floa
     check(step >= 1, f"{op}: step counts from 1")
     n = param.size
     spans = None if decayed is None or not decayed else _spans(tuple(decayed))
-    launch("adamw", "adamw_update", max(1, cdiv(cdiv(n, 8), 256)), 256,
-           (param, ptr(master), grad, m, v, np.int64(n), np.float32(lr), np.float32(beta1), np.float32(beta2),
-            np.float32(1.0 - beta1 ** step), np.float32(1.0 - beta2 ** step), np.float32(eps),
-            np.float32(weight_decay), np.float32(grad_scale), np.uint32(seed & 0xFFFFFFFF), ptr(spans),
-            np.int32(-1 if decayed is None else len(decayed)), ptr(norm_squared), np.float32(max_norm)))
+    f32 = np.float32
+    launch_named("adamw", "adamw_update", max(1, cdiv(cdiv(n, 8), 256)), 256,
+                 param=param, master=ptr(master), grad=grad, m=m, v=v, n=np.int64(n), lr=f32(hp.lr),
+                 beta1=f32(hp.beta1), beta2=f32(hp.beta2), bc1=f32(1.0 - hp.beta1 ** step),
+                 bc2=f32(1.0 - hp.beta2 ** step), eps=f32(hp.eps), wd=f32(hp.weight_decay),
+                 grad_scale=f32(grad_scale), seed=np.uint32(seed & 0xFFFFFFFF), spans=ptr(spans),
+                 nspans=np.int32(-1 if decayed is None else len(decayed)), norm_squared=ptr(norm_squared),
+                 max_norm=f32(max_norm))

@@ -162,6 +162,21 @@ def launch(file: str, name: str, grid: int | tuple, block: int | tuple, args: tu
         k(grid, block, args, shared_mem=shared_mem)
 
 
+@functools.cache
+def kernel_parameters(file: str, name: str) -> tuple[str, ...]:
+    """The parameter names of kernel `name` in kernels/<file>.cu, in order, read from its signature."""
+    signature = re.search(rf'extern "C" __global__ void {name}\(([^)]*)\)', (KERNELS / f"{file}.cu").read_text())
+    check(signature is not None, f"{file}.cu has no kernel {name}")
+    return tuple(re.findall(r"(\w+)\s*(?:,|$)", signature.group(1).strip()))
+
+
+def launch_named(file: str, name: str, grid: int | tuple, block: int | tuple, **args) -> None:
+    """launch() with the arguments by name, put in the order the kernel's signature declares them."""
+    params = kernel_parameters(file, name)
+    check(set(args) == set(params), f"{name}: arguments {sorted(set(args) ^ set(params))} differ from {file}.cu's")
+    launch(file, name, grid, block, tuple(args[p] for p in params))
+
+
 def cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 

@@ -24,6 +24,7 @@ def bench_llmc(model: str, B: int, T: int, steps: int) -> dict:
     import llmc.core.cpu as cpu
     from llmc.core.init import load_params
     from llmc.core.model import GPT
+    from llmc.core.primitives import AdamW
 
     cfg, params = load_params(model)
     gpt = GPT(cfg, cpu, params, B, T)
@@ -39,7 +40,7 @@ def bench_llmc(model: str, B: int, T: int, steps: int) -> dict:
         gpt.backward()
         gpt.compute_grad_norm()
         norm = gpt.grad_norm()
-        gpt.update(3e-4, 0.9, 0.95, 1e-8, 0.0, step + 1, min(1.0, 1.0 / norm))
+        gpt.update(AdamW(lr=3e-4), step=step + 1, grad_scale=min(1.0, 1.0 / norm))
         times.append(time.perf_counter() - t0)
     return {"s_per_step": float(np.median(times[1:])), "loss": gpt.mean_loss()}
 

@@ -68,6 +68,7 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
     from llmc.core import gpu
     from llmc.core.init import load_params
     from llmc.core.model import GPT
+    from llmc.core.primitives import AdamW
 
     totals, counts = defaultdict(float), defaultdict(int)
     pending = []
@@ -99,7 +100,7 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
         gpt.forward(dloss=1.0 / (B * T))
         gpt.backward()
         gpt.compute_grad_norm()
-        gpt.update(3e-4, 0.9, 0.95, 1e-8, 0.0, 1, 1.0)
+        gpt.update(AdamW(lr=3e-4), step=1)
         gpu.synchronize()
     for key, start, end in pending:
         totals[key] += cp.cuda.get_elapsed_time(start, end)

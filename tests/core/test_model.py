@@ -13,6 +13,7 @@ from llmc.core import cpu  # noqa: E402
 from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes  # noqa: E402
 from llmc.core.errors import LlmcError  # noqa: E402
 from llmc.core.model import GPT, views  # noqa: E402
+from llmc.core.primitives import AdamW  # noqa: E402
 from llmc.core.torch_gpt2 import GPT2  # noqa: E402
 
 # (config, B, T): V never a multiple of 128, T not a power of two (T == max_seq_len once), 1/3/4 heads
@@ -127,7 +128,7 @@ def test_ten_adamw_steps_match_torch():
         model.compute_grad_norm()
         norm = model.grad_norm()
         norms.append(norm)
-        model.update(lr, 0.9, 0.95, 1e-8, wd, step + 1, grad_scale=1.0 / norm if norm > 1.0 else 1.0)
+        model.update(AdamW(lr=lr, weight_decay=wd), step=step + 1, grad_scale=1.0 / norm if norm > 1.0 else 1.0)
 
         opt.zero_grad()
         _, loss = ref(torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64)))

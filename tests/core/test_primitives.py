@@ -15,6 +15,7 @@ F = torch.nn.functional
 
 from llmc.core import cpu  # noqa: E402
 from llmc.core.errors import LlmcError  # noqa: E402
+from llmc.core.primitives import AdamW  # noqa: E402
 from llmc.tests.core.interface import check_backend_interface  # noqa: E402
 
 # (B, T, C, NH): T never a power of two, head counts 1, 3, 4
@@ -332,7 +333,7 @@ def test_adamw_update_matches_torch(n, step, weight_decay, grad_scale):
     opt.step()
 
     p, g, m, v = param.copy(), grad.copy(), m0.copy(), v0.copy()
-    cpu.adamw_update(p, g, m, v, None, lr, beta1, beta2, eps, weight_decay, step, grad_scale, seed=0)
+    cpu.adamw_update(p, g, m, v, None, hp=AdamW(lr, weight_decay, beta1, beta2, eps), step=step, grad_scale=grad_scale)
     np.testing.assert_array_equal(g, grad)  # the gradient is read, never scaled in place
     close(m, opt.state[p_t]["exp_avg"], rtol=1e-5, atol=1e-7)
     close(v, opt.state[p_t]["exp_avg_sq"], rtol=1e-5, atol=1e-9)
@@ -345,10 +346,10 @@ def test_adamw_update_with_master_weights():
     n = 513
     param, grad, master = rand(rng, n), rand(rng, n), rand(rng, n)
     ref = master.copy()
-    cpu.adamw_update(ref, grad, np.zeros(n, np.float32), np.zeros(n, np.float32), None,
-                     1e-3, 0.9, 0.95, 1e-8, 0.1, 1, 1.0, 0)
+    hp = AdamW(lr=1e-3, weight_decay=0.1)
+    cpu.adamw_update(ref, grad, np.zeros(n, np.float32), np.zeros(n, np.float32), None, hp=hp, step=1)
     m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    cpu.adamw_update(param, grad, m, v, master, 1e-3, 0.9, 0.95, 1e-8, 0.1, 1, 1.0, 0)
+    cpu.adamw_update(param, grad, m, v, master, hp=hp, step=1)
     np.testing.assert_array_equal(master, ref)  # the update runs on the master copy
     np.testing.assert_array_equal(param, master)  # and the parameter follows it
 
@@ -359,9 +360,9 @@ def test_adamw_update_decays_only_the_given_spans(decayed):
     n = 4 * 32768 + 1000
     param, grad = rand(rng, n), rand(rng, n)
     m0, v0 = rand(rng, n, scale=0.1), np.abs(rand(rng, n, scale=0.1))
-    hyper = (1e-2, 0.9, 0.95, 1e-8)
     got = [a.copy() for a in (param, m0, v0)]
-    cpu.adamw_update(got[0], grad, got[1], got[2], None, *hyper, 0.5, 3, 0.7, 0, decayed)
+    cpu.adamw_update(got[0], grad, got[1], got[2], None, hp=AdamW(lr=1e-2, weight_decay=0.5), step=3, grad_scale=0.7,
+                     decayed=decayed)
     want = [a.copy() for a in (param, m0, v0)]
     mask = np.zeros(n, bool)
     for lo, hi in decayed:
@@ -370,8 +371,8 @@ def test_adamw_update_decays_only_the_given_spans(decayed):
         idx = np.flatnonzero(decayed_part)
         if idx.size:
             part = [a[idx].copy() for a in want]
-            cpu.adamw_update(part[0], grad[idx], part[1], part[2], None, *hyper, 0.5 if decayed_part is mask else 0.0,
-                             3, 0.7, 0)
+            hp = AdamW(lr=1e-2, weight_decay=0.5 if decayed_part is mask else 0.0)
+            cpu.adamw_update(part[0], grad[idx], part[1], part[2], None, hp=hp, step=3, grad_scale=0.7)
             for a, b in zip(want, part):
                 a[idx] = b
     for a, b in zip(got, want):
@@ -382,18 +383,17 @@ def test_adamw_update_clips_by_a_device_norm():
     rng = np.random.default_rng(13)
     n = 777
     param, grad = rand(rng, n), rand(rng, n)
-    hyper = (1e-2, 0.9, 0.95, 1e-8, 0.1, 2)
+    hyper = dict(hp=AdamW(lr=1e-2, weight_decay=0.1), step=2)
     for norm_sq, scale in ((4.0, 0.5), (0.25, 1.0)):  # norm 2 clipped to 1; norm 0.5 left alone
         got, want = [[param.copy(), np.full(n, 0.1, np.float32), np.full(n, 0.2, np.float32)] for _ in range(2)]
-        cpu.adamw_update(got[0], grad, got[1], got[2], None, *hyper, 1.0, 0,
-                         norm_squared=np.array([norm_sq], np.float32), max_norm=1.0)
-        cpu.adamw_update(want[0], grad, want[1], want[2], None, *hyper, scale, 0)
+        cpu.adamw_update(got[0], grad, got[1], got[2], None, **hyper, norm_squared=np.array([norm_sq], np.float32),
+                         max_norm=1.0)
+        cpu.adamw_update(want[0], grad, want[1], want[2], None, **hyper, grad_scale=scale)
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-6)
     for bad in (np.nan, np.inf):  # a non-finite norm: nothing changes
         state = [param.copy(), np.full(n, 0.1, np.float32), np.full(n, 0.2, np.float32)]
-        cpu.adamw_update(state[0], grad, state[1], state[2], None, *hyper, 1.0, 0,
-                         norm_squared=np.array([bad], np.float32))
+        cpu.adamw_update(state[0], grad, state[1], state[2], None, **hyper, norm_squared=np.array([bad], np.float32))
         np.testing.assert_array_equal(state[0], param)
         assert (state[1] == np.float32(0.1)).all() and (state[2] == np.float32(0.2)).all()
 

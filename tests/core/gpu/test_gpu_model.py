@@ -10,6 +10,7 @@ from llmc.tests.core.gpu.util import assert_close, cpu, gpu  # noqa: E402
 from llmc.core.config import GPTConfig  # noqa: E402
 from llmc.core.init import random_init  # noqa: E402
 from llmc.core.model import GPT  # noqa: E402
+from llmc.core.primitives import AdamW  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -45,6 +46,6 @@ def test_gpu_model_matches_cpu(recompute, gelu_fusion):
             losses[name].append(model.mean_loss())
             model.compute_grad_norm()
             norm = model.grad_norm()
-            model.update(1e-3, 0.9, 0.95, 1e-8, 0.0, i + 1, 1.0 / max(norm, 1.0), seed=i)
+            model.update(AdamW(lr=1e-3), step=i + 1, grad_scale=1.0 / max(norm, 1.0), seed=i)
     np.testing.assert_allclose(losses["gpu"], losses["cpu"], atol=2e-2)
     assert losses["gpu"][-1] < losses["gpu"][0] - 0.1  # it trains

@@ -11,6 +11,7 @@ from llmc.tests.core.gpu.util import assert_close, cp, cpu, dev, gpu, host, rand
 
 from llmc.core.errors import LlmcError  # noqa: E402
 from llmc.core.gpu import attention as gpu_attention  # noqa: E402
+from llmc.core.primitives import AdamW  # noqa: E402
 from llmc.tests.core.interface import check_backend_interface  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -247,7 +248,7 @@ def test_global_norm_squared(rng, n):
     np.testing.assert_allclose(host(out)[0], np.dot(g.astype(np.float64), g), rtol=1e-5)
 
 
-ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, grad_scale=0.5)
+ADAM = dict(hp=AdamW(lr=1e-3, weight_decay=0.1), grad_scale=0.5)
 
 
 @pytest.mark.parametrize("n", [8, 1003, 40000])
@@ -316,8 +317,8 @@ def test_adamw_stochastic_rounding(rng):
     # between bf16's 1 - 2^-8 and 1 (betas 0.5 make the first Adam step exactly lr)
     ones = np.ones(n, np.float32)
     param, m, v = dev(ones), cp.zeros(n, cp.float32), cp.zeros(n, cp.float32)
-    gpu.adamw_update(param, dev(ones), m, v, None, lr=2.0 ** -9, beta1=0.5, beta2=0.5, eps=0.0, weight_decay=0.0,
-                     step=1, grad_scale=1.0, seed=3)
+    gpu.adamw_update(param, dev(ones), m, v, None, hp=AdamW(lr=2.0 ** -9, beta1=0.5, beta2=0.5, eps=0.0), step=1,
+                     seed=3)
     got = host(param)
     assert set(np.unique(got).tolist()) <= {1.0, 1.0 - 2.0 ** -8}
     assert abs((got == 1.0).mean() - 0.5) < 0.01
