@@ -32,9 +32,8 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from llmc.core.config import GPTConfig
 from llmc.core.errors import LlmcError
-from llmc.core.formats import HEADER_BYTES, atomic_write, make_header, read_header, write_model
+from llmc.core.formats import HEADER_BYTES, atomic_write, make_header, read_header
 from llmc.core.outliers import WINDOW, OutlierDetector
 
 STATE_MAGIC, STATE_VERSION = 20240527, 1
@@ -226,10 +225,49 @@ def read_state(path: str | os.PathLike, num_parameters: int) -> TrainState:
 
 # ----------------------------------------------------------------------------- whole checkpoints
 
-def save_checkpoint(out_dir: str | os.PathLike, cfg: GPTConfig, params: np.ndarray, bf16: bool,
+def find_resumable(out_dir: str | os.PathLike, rank: int) -> int | None:
+    """The step -y 1 resumes from: the newest complete checkpoint; None in a folder with none. A DONE
+    without this rank's files (another -pn wrote them) is named, not skipped."""
+    done = done_steps(out_dir)
+    if not done:
+        return None
+    step = find_latest(out_dir, rank)
+    if step is None:
+        newest = done[-1]
+        missing = [p for p in (model_path(out_dir, newest), state_path(out_dir, newest, rank)) if not p.is_file()]
+        raise LlmcError(f"{missing[0]} is missing, though {done_path(out_dir, newest).name} marks checkpoint "
+                        f"{newest} complete (a run of another -pn writes other state files)")
+    return step
+
+
+def restore(out_dir: str | os.PathLike, step: int, model, loader, num_processes: int,
+            rank: int) -> tuple[TrainState, str | None]:
+    """llm.c's load_state: checkpoint step's optimizer state into the model (the family's training
+    model: load_optimizer_state) and its data order into the loader; (the state, a note for the user)."""
+    path = state_path(out_dir, step, rank)
+    written = state_origin(path)  # before reading: another -pn means another state size
+    if written != (step, num_processes, rank):
+        raise LlmcError(f"{path}: written at step {written[0]} by rank {written[2]} of {written[1]}, "
+                        f"not step {step} by rank {rank} of {num_processes}; resume with the same -pn")
+    try:
+        state = read_state(path, model.shard.size)
+    except LlmcError as e:
+        if num_processes == 1:
+            raise
+        raise LlmcError(f"{e}; resume with the same -z (the state files hold {model.shard.size} "
+                        f"parameters' optimizer state here)") from None
+    try:
+        loader.restore(state.loader)
+        note = model.load_optimizer_state(state.m, state.v, state.master)
+    except LlmcError as e:
+        raise LlmcError(f"{path}: {e}") from None
+    return state, note
+
+
+def save_checkpoint(out_dir: str | os.PathLike, write_model: Callable, cfg, params: np.ndarray, bf16: bool,
                     state: TrainState, barrier: Callable[[], None] = lambda: None) -> None:
-    """model (rank 0), state (every rank), then DONE (rank 0, once barrier says every rank's state
-    is written): the DONE file marks the checkpoint complete."""
+    """model (rank 0, through the family's write_model), state (every rank), then DONE (rank 0, once
+    barrier says every rank's state is written): the DONE file marks the checkpoint complete."""
     step = state.step
 
     def write(path: Path, writer: Callable[[Path], None]) -> None:  # a full disk names the file and step

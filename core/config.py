@@ -11,6 +11,9 @@ from llmc.core.errors import LlmcError
 
 GPT2_EOT = 50256
 GPT2_VOCAB = 50257
+LN_EPS = 1e-5  # layernorm's epsilon
+GELU_SCALE = math.sqrt(2.0 / math.pi)  # GELU's tanh approximation: 0.5 x (1 + tanh(GELU_SCALE (x + GELU_CUBIC x^3)))
+GELU_CUBIC = 0.044715
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ DECAYED_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
 
 def num_parameters(cfg: GPTConfig) -> int:
     return sum(math.prod(shape) for shape in param_shapes(cfg).values())
+
+
+def describe(cfg: GPTConfig) -> list[tuple[str, object]]:
+    """The model's rows of llm.c's start-up table."""
+    return [("max_sequence_length T", cfg.max_seq_len), ("vocab_size V", cfg.vocab_size),
+            ("padded_vocab_size Vp", cfg.padded_vocab_size), ("num_layers L", cfg.num_layers),
+            ("num_heads NH", cfg.num_heads), ("channels C", cfg.channels), ("num_parameters", num_parameters(cfg))]
 
 
 def flops_per_token(cfg: GPTConfig, T: int) -> int:

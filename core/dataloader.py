@@ -83,10 +83,22 @@ class DataLoader:
         return s
 
     def restore(self, s: dict) -> None:
+        """Continue from state(); refuses a state of another shard set or batch layout (one line, the
+        caller names the file it came from)."""
+        if ("shard_order" in s) != self.shuffle:
+            raise LlmcError(f"the checkpoint's data loader {'did' if 'shard_order' in s else 'did not'} shuffle; "
+                            f"resume with the same -a")
+        nfiles = len(self.files)
+        if s["shard"] >= nfiles or (self.shuffle and sorted(s["shard_order"]) != list(range(nfiles))):
+            raise LlmcError(f"the checkpoint's data loader had other shards than the {nfiles} of -i now")
         self.shard, self.sample = int(s["shard"]), int(s["sample"])
         if self.shuffle:
             self.shard_order = np.asarray(s["shard_order"]).copy()
             self.rng.set_state(s["rng"])
         self._load_shard(self.shard)
+        if self.sample > self.shard_samples or (
+                self.shuffle and sorted(s["sample_order"]) != list(range(self.shard_samples))):
+            raise LlmcError("the checkpoint's data loader read a shard in another batch layout; "
+                            "resume with the same -b, -t and data")
         if self.shuffle:
             self.sample_order = np.asarray(s["sample_order"]).copy()

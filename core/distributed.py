@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -158,6 +159,20 @@ def mpi_rank_size(num_processes: int, rank: int) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- process groups
 
+class Group(Protocol):
+    """The processes training one model together: this process's rank of world, and the collectives
+    the model and loop use (in place on flat device buffers; host_reduce on a few host numbers)."""
+    rank: int
+    world: int
+
+    def all_reduce_mean(self, buf) -> None: ...
+    def reduce_scatter_mean(self, buf) -> None: ...
+    def all_gather(self, buf) -> None: ...
+    def all_reduce_sum(self, buf) -> None: ...
+    def barrier(self) -> None: ...
+    def host_reduce(self, values: list[float], op: str = "sum") -> list[float]: ...
+
+
 class SingleProcess:
     """World of one: every collective leaves its buffer as it is."""
     rank, world = 0, 1
@@ -172,7 +187,7 @@ class SingleProcess:
         return list(values)
 
 
-class ProcessGroup(SingleProcess):
+class ProcessGroup:
     """NCCL over `world` processes, one GPU each, on the GPU backend's stream. Buffers are flat,
     contiguous CuPy arrays; reduce_scatter_mean and all_gather work in place on a buffer of
     world * shard elements, this rank's shard being slice rank."""
@@ -224,7 +239,7 @@ class ProcessGroup(SingleProcess):
 
 
 def init(num_processes: int, rank: int, gpus_per_node: int, method: str, server_ip: str | None,
-         fs_path: str | None) -> SingleProcess:
+         fs_path: str | None) -> Group:
     """The group of this process (llm.c's multi_gpu_config_init). Selects the local GPU
     (rank % gpus_per_node) before the GPU backend is imported, so its stream lives there."""
     if method not in ("mpi", "tcp", "fs"):

@@ -8,14 +8,14 @@ answer (the first one on ties).
 """
 
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from llmc.core.errors import LlmcError
-from llmc.core.formats import EvalExample
-from llmc.core.model import GPT
+from llmc.core.formats import EvalExample, read_eval_shard
 
 COMPLETIONS = 4  # llm.c's ASSUMED_NUM_COMPLETIONS
 DEFAULT_HELLASWAG = "data/hellaswag/hellaswag_val.bin"  # where `llmc prepro hellaswag` writes it
@@ -76,13 +76,24 @@ def count_correct(losses: np.ndarray, batch: EvalBatch) -> int:
     return int((np.argmin(scores, axis=1) == np.asarray(batch.labels)).sum())
 
 
-def evaluate(model: GPT, examples: list[EvalExample]) -> float:
-    """Accuracy of the model on the examples (checked with check_examples)."""
+def load_hellaswag(path: str, B: int, T: int, vocab_size: int, out: Callable[[str], None]) -> list[EvalExample] | None:
+    """-h 1's examples, checked to fit (B, T) and the vocab; None, with llm.c's note, where the file is missing."""
+    if not Path(path).is_file():
+        out(f"HellaSwag eval not found at {path}, skipping its evaluation")
+        out("You can run `llmc prepro hellaswag` to export and use it with `-h 1`.")
+        return None
+    examples = read_eval_shard(path)
+    check_examples(examples, B, T, vocab_size, path)
+    return examples
+
+
+def evaluate(model: Any, examples: list[EvalExample]) -> float:
+    """Accuracy of a family's training model on the examples (checked with check_examples)."""
     correct = 0
     batches = eval_batches(examples, model.B, model.T)
     total = -(-len(examples) // (model.B // COMPLETIONS))
     for batch in tqdm(batches, total=total, desc="HellaSwag", unit="batch", leave=False, disable=None):
         model.set_batch(batch.inputs, batch.targets)
         model.forward()
-        correct += count_correct(model.backend.to_host(model.acts["losses"]), batch)
+        correct += count_correct(model.backend.to_host(model.losses), batch)
     return correct / len(examples)

@@ -1,11 +1,10 @@
-"""Model parameters from a descriptor (llm.c's random init) or a .bin checkpoint."""
+"""GPT-2's parameters from llm.c's random init (a descriptor's model, core/families.load)."""
 
 import math
 
 import numpy as np
 
-from llmc.core.config import GPTConfig, config_from_descriptor, param_shapes
-from llmc.core.formats import read_model
+from llmc.core.config import GPTConfig, param_shapes
 from llmc.core.rand import MT19937
 
 
@@ -34,11 +33,3 @@ def random_init(cfg: GPTConfig, seed: int = 42) -> np.ndarray:
             per_layer = sizes[name] // L
             fill(name, l * per_layer, per_layer, std)
     return params
-
-
-def load_params(model: str) -> tuple[GPTConfig, np.ndarray]:
-    """`-e`: a .bin checkpoint path, or a descriptor (d12, gpt2:d24, gpt3:c768) for random init."""
-    if model.endswith(".bin"):
-        return read_model(model)
-    cfg = config_from_descriptor(model)
-    return cfg, random_init(cfg)

@@ -1,5 +1,6 @@
 """GPT-2 written once against the primitive set (core/primitives.py): llm.c's gpt2_forward and
-gpt2_backward, for any backend.
+gpt2_backward, for any backend; and KVCacheModel, the same forward for a few positions at a time in
+fp32 (on NumPy or CuPy), which `llmc sample` and the mid-run samples generate with.
 
 Parameters, gradients and optimizer state each live in one flat buffer with named views into it
 (llm.c's layout), so the optimizer, clipping and checkpointing are single passes. Activations are
@@ -7,12 +8,13 @@ sized once for (B, T). Buffers carry their shapes in comments: L layers, B batch
 C channels, Vp padded vocab, NH heads.
 """
 
+import math
 from types import ModuleType
 
 import numpy as np
 
-from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes
-from llmc.core.distributed import SingleProcess, shard_pieces, whole, zero_shard
+from llmc.core.config import DECAYED_PARAMS, GELU_CUBIC, GELU_SCALE, LN_EPS, GPTConfig, param_shapes
+from llmc.core.distributed import Group, SingleProcess, shard_pieces, whole, zero_shard
 from llmc.core.errors import LlmcError
 from llmc.core.primitives import AdamW
 
@@ -30,7 +32,7 @@ def views(flat, shapes: dict[str, tuple[int, ...]]) -> dict:
 class GPT:
     def __init__(self, cfg: GPTConfig, backend: ModuleType, params: np.ndarray, B: int, T: int,
                  recompute: int = 0, gelu_fusion: int = 2, master_weights: bool = True,
-                 group: SingleProcess | None = None, zero_stage: int = 0):
+                 group: Group | None = None, zero_stage: int = 0):
         if T > cfg.max_seq_len:
             raise LlmcError(f"sequence length T={T} exceeds the model's max_seq_len {cfg.max_seq_len}")
         if recompute not in (0, 1, 2) or gelu_fusion not in (0, 1, 2):
@@ -79,7 +81,7 @@ class GPT:
             "ln1": ((Lln, B, T, C), dt), "ln1_mean": ((L, B, T), f32), "ln1_rstd": ((L, B, T), f32),
             "qkv": ((L, B, T, 3 * C), dt),
             "atty": ((L, B, T, C), dt),
-            "att": ((L, *self.backend.attention_stats_shape(B, T, NH)), f32),
+            "att_stats": ((L, *self.backend.attention_stats_shape(B, T, NH)), f32),
             "residual2": ((L, B, T, C), dt),
             "ln2": ((Lln, B, T, C), dt), "ln2_mean": ((L, B, T), f32), "ln2_rstd": ((L, B, T), f32),
             "fch": ((L, B, T, 4 * C), dt),  # before GELU
@@ -106,70 +108,70 @@ class GPT:
     def forward(self, with_targets: bool = True, dloss: float | None = None) -> None:
         """Forward on self.inputs. With targets, losses (B,T) are computed; with dloss, logits are
         replaced by dlogits ready for backward (the fused classifier)."""
-        k, p, a, cfg = self.backend, self.p, self.acts, self.cfg
+        ops, p, a, cfg = self.backend, self.p, self.acts, self.cfg
         L, NH = cfg.num_layers, cfg.num_heads
-        k.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"])
-        k.layernorm_forward(self._ln("ln1", 0), a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"], p["ln1w"][0], p["ln1b"][0])
+        ops.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"])
+        ops.layernorm_forward(self._ln("ln1", 0), a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"], p["ln1w"][0], p["ln1b"][0])
         for l in range(L):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
-            k.matmul_forward(a["qkv"][l], self._ln("ln1", l), p["qkvw"][l], p["qkvb"][l])
-            k.attention_forward(a["atty"][l], a["att"][l], a["qkv"][l], NH)
-            k.matmul_forward(a["residual2"][l], a["atty"][l], p["attprojw"][l], p["attprojb"][l], residual=residual)
-            k.layernorm_forward(self._ln("ln2", l), a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l],
+            ops.matmul_forward(a["qkv"][l], self._ln("ln1", l), p["qkvw"][l], p["qkvb"][l])
+            ops.attention_forward(a["atty"][l], a["att_stats"][l], a["qkv"][l], NH)
+            ops.matmul_forward(a["residual2"][l], a["atty"][l], p["attprojw"][l], p["attprojb"][l], residual=residual)
+            ops.layernorm_forward(self._ln("ln2", l), a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l],
                                 p["ln2w"][l], p["ln2b"][l])
             if self.gelu_fusion >= 1:
-                k.matmul_forward(self._gelu(l), self._ln("ln2", l), p["fcw"][l], p["fcb"][l], pre_gelu=a["fch"][l])
+                ops.matmul_forward(self._gelu(l), self._ln("ln2", l), p["fcw"][l], p["fcb"][l], pre_gelu=a["fch"][l])
             else:
-                k.matmul_forward(a["fch"][l], self._ln("ln2", l), p["fcw"][l], p["fcb"][l])
-                k.gelu_forward(self._gelu(l), a["fch"][l])
-            k.matmul_forward(a["residual3"][l], self._gelu(l), p["fcprojw"][l], p["fcprojb"][l],
+                ops.matmul_forward(a["fch"][l], self._ln("ln2", l), p["fcw"][l], p["fcb"][l])
+                ops.gelu_forward(self._gelu(l), a["fch"][l])
+            ops.matmul_forward(a["residual3"][l], self._gelu(l), p["fcprojw"][l], p["fcprojb"][l],
                              residual=a["residual2"][l])
             if l + 1 < L:
-                k.layernorm_forward(self._ln("ln1", l + 1), a["ln1_mean"][l + 1], a["ln1_rstd"][l + 1],
+                ops.layernorm_forward(self._ln("ln1", l + 1), a["ln1_mean"][l + 1], a["ln1_rstd"][l + 1],
                                     a["residual3"][l], p["ln1w"][l + 1], p["ln1b"][l + 1])
             else:
-                k.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["residual3"][l], p["lnfw"], p["lnfb"])
-        k.matmul_forward(a["logits"], a["lnf"], p["wte"], None)  # (B, T, Vp), tied weights
+                ops.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["residual3"][l], p["lnfw"], p["lnfb"])
+        ops.matmul_forward(a["logits"], a["lnf"], p["wte"], None)  # (B, T, Vp), tied weights
         if with_targets:
-            k.softmax_crossentropy(a["losses"], a["logits"], self.targets, cfg.vocab_size, dloss)
+            ops.softmax_crossentropy(a["losses"], a["logits"], self.targets, cfg.vocab_size, dloss)
 
     # ------------------------------------------------------------------ backward
     def backward(self) -> None:
         """Accumulate parameter gradients from the dlogits a forward(dloss=...) left in logits."""
-        k, p, g, a, cfg = self.backend, self.p, self.g, self.acts, self.cfg
+        ops, p, g, a, cfg = self.backend, self.p, self.g, self.acts, self.cfg
         L, NH = cfg.num_layers, cfg.num_heads
         dresidual, dbtc, dbt4c = a["dresidual"], a["dbtc"], a["dbt4c"]
         B, T, C = dbtc.shape
         dqkv = dbt4c.reshape(-1)[: B * T * 3 * C].reshape(B, T, 3 * C)  # shares the 4C scratch
         dresidual.fill(0)
-        k.matmul_backward(dbtc, g["wte"], None, a["logits"], a["lnf"], p["wte"])
+        ops.matmul_backward(dbtc, g["wte"], None, a["logits"], a["lnf"], p["wte"])
         # each residual-stream layernorm backward also sums the projection bias gradient of the
         # residual add before it (the gradients of residual3 and residual2 are those biases' outputs')
-        k.layernorm_backward(dresidual, g["lnfw"], g["lnfb"], dbtc, a["residual3"][L - 1], p["lnfw"],
+        ops.layernorm_backward(dresidual, g["lnfw"], g["lnfb"], dbtc, a["residual3"][L - 1], p["lnfw"],
                              a["lnf_mean"], a["lnf_rstd"], dproj_bias=g["fcprojb"][L - 1])
         for l in reversed(range(L)):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             ln1, ln2 = self._ln("ln1", l), self._ln("ln2", l)
             if self.recompute >= 2:  # layernorm outputs were not kept
-                k.layernorm_forward(ln1, a["ln1_mean"][l], a["ln1_rstd"][l], residual, p["ln1w"][l], p["ln1b"][l])
-                k.layernorm_forward(ln2, a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l], p["ln2w"][l], p["ln2b"][l])
+                ops.layernorm_forward(ln1, a["ln1_mean"][l], a["ln1_rstd"][l], residual, p["ln1w"][l], p["ln1b"][l])
+                ops.layernorm_forward(ln2, a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l], p["ln2w"][l], p["ln2b"][l])
             if self.recompute >= 1:
-                k.gelu_forward(self._gelu(l), a["fch"][l])
+                ops.gelu_forward(self._gelu(l), a["fch"][l])
             if self.gelu_fusion >= 2:
-                k.matmul_backward(dbt4c, g["fcprojw"][l], None, dresidual, self._gelu(l), p["fcprojw"][l],
+                ops.matmul_backward(dbt4c, g["fcprojw"][l], None, dresidual, self._gelu(l), p["fcprojw"][l],
                                   pre_gelu=a["fch"][l])
             else:
-                k.matmul_backward(dbt4c, g["fcprojw"][l], None, dresidual, self._gelu(l), p["fcprojw"][l])
-                k.gelu_backward(dbt4c, a["fch"][l], dbt4c)
-            k.matmul_backward(dbtc, g["fcw"][l], g["fcb"][l], dbt4c, ln2, p["fcw"][l])
-            k.layernorm_backward(dresidual, g["ln2w"][l], g["ln2b"][l], dbtc, a["residual2"][l], p["ln2w"][l],
+                ops.matmul_backward(dbt4c, g["fcprojw"][l], None, dresidual, self._gelu(l), p["fcprojw"][l])
+                ops.gelu_backward(dbt4c, a["fch"][l], dbt4c)
+            ops.matmul_backward(dbtc, g["fcw"][l], g["fcb"][l], dbt4c, ln2, p["fcw"][l])
+            ops.layernorm_backward(dresidual, g["ln2w"][l], g["ln2b"][l], dbtc, a["residual2"][l], p["ln2w"][l],
                                  a["ln2_mean"][l], a["ln2_rstd"][l], dproj_bias=g["attprojb"][l])
-            k.matmul_backward(dbtc, g["attprojw"][l], None, dresidual, a["atty"][l], p["attprojw"][l])
-            k.attention_backward(dqkv, dbtc, a["qkv"][l], a["atty"][l], a["att"][l], NH)
-            k.matmul_backward(dbtc, g["qkvw"][l], g["qkvb"][l], dqkv, ln1, p["qkvw"][l])
-            k.layernorm_backward(dresidual, g["ln1w"][l], g["ln1b"][l], dbtc, residual, p["ln1w"][l],
+            ops.matmul_backward(dbtc, g["attprojw"][l], None, dresidual, a["atty"][l], p["attprojw"][l])
+            ops.attention_backward(dqkv, dbtc, a["qkv"][l], a["atty"][l], a["att_stats"][l], NH)
+            ops.matmul_backward(dbtc, g["qkvw"][l], g["qkvb"][l], dqkv, ln1, p["qkvw"][l])
+            ops.layernorm_backward(dresidual, g["ln1w"][l], g["ln1b"][l], dbtc, residual, p["ln1w"][l],
                                  a["ln1_mean"][l], a["ln1_rstd"][l], dproj_bias=g["fcprojb"][l - 1] if l else None)
-        k.encoder_backward(g["wte"], g["wpe"], dresidual, self.inputs)
+        ops.encoder_backward(g["wte"], g["wpe"], dresidual, self.inputs)
 
     # ------------------------------------------------------------------ optimizer
     def zero_grad(self) -> None:
@@ -226,7 +228,34 @@ class GPT:
                 spans.append((lo - base, hi - base))
         return tuple(spans)
 
+    def optimizer_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(m, v, master) of this rank's shard on the host in fp32 (zeros before the first update;
+        master None when the parameters are their own fp32 master copy or -w 0 keeps none)."""
+        n, host = self.shard.size, self.backend.to_host
+        m, v = (np.zeros(n, np.float32) if a is None else host(a) for a in (self.m, self.v))
+        return m, v, None if self.master is None else host(self.master)
+
+    def load_optimizer_state(self, m: np.ndarray, v: np.ndarray, master: np.ndarray | None) -> str | None:
+        """Take a checkpoint's optimizer state for this rank's shard; a note for the user when its
+        master weights go unused (-w 0 resuming a -w 1 run)."""
+        to_device = self.backend.to_device
+        self.m, self.v = to_device(m, np.float32), to_device(v, np.float32)
+        if self.master is not None:
+            if master is None:
+                raise LlmcError("the checkpoint has no master weights; resume with -w 0")
+            self.master[...] = to_device(master, np.float32)
+        elif master is not None:
+            if self.backend.act_dtype != np.float32:
+                return "Warning: the checkpoint has master weights, but -w 0 runs without them"
+            self.params[...] = to_device(master, np.float32)  # fp32 parameters: the master copy is the exact one
+        return None
+
     # ------------------------------------------------------------------ host views
+    @property
+    def losses(self):
+        """(B, T) fp32 per-position losses of the last forward with targets."""
+        return self.acts["losses"]
+
     def set_batch(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
         """Copy a (B, T) batch into the static input buffers (what a captured graph reads)."""
         self.inputs[...] = self.backend.to_device(np.asarray(inputs, dtype=np.int32))
@@ -240,3 +269,64 @@ class GPT:
         """fp32 parameters on the host (the master copy when it holds them all)."""
         full = self.master is not None and not self.sharded
         return self.backend.to_host(self.master if full else self.params)
+
+
+# ----------------------------------------------------------------------------- inference
+
+def _layernorm(xp, x, weight, bias):
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + LN_EPS)
+    return xc * rstd * weight + bias
+
+
+def _gelu(xp, x):
+    return 0.5 * x * (1.0 + xp.tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x)))
+
+
+class KVCacheModel:
+    """GPT-2 inference over positions 0..length-1, caching each layer's keys and values."""
+
+    def __init__(self, cfg: GPTConfig, params, xp: ModuleType, length: int):
+        if not 0 < length <= cfg.max_seq_len:
+            raise LlmcError(f"generation needs {length} positions; the model has max_seq_len {cfg.max_seq_len}")
+        self.cfg, self.xp, self.length = cfg, xp, length
+        self.p = views(params, param_shapes(cfg))  # fp32, llm.c order
+        L, NH, C = cfg.num_layers, cfg.num_heads, cfg.channels
+        self.k = xp.zeros((L, NH, length, C // NH), dtype=np.float32)  # (L, NH, length, HS)
+        self.v = xp.zeros((L, NH, length, C // NH), dtype=np.float32)
+        self.pos = 0  # positions cached so far
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def forward(self, tokens: list[int]) -> np.ndarray:
+        """Append len(tokens) positions; the host fp32 logits (V,) of the last one."""
+        xp, p, cfg = self.xp, self.p, self.cfg
+        L, NH, C = cfg.num_layers, cfg.num_heads, cfg.channels
+        n, start = len(tokens), self.pos
+        end = start + n
+        if end > self.length:
+            raise LlmcError(f"position {end - 1} is past the KV cache's {self.length} positions")
+        idx = xp.asarray(np.asarray(tokens, dtype=np.int64))
+        x = p["wte"][idx] + p["wpe"][start:end]  # (n, C)
+        # query i (position start+i) may not see keys after it; nothing to mask for one new token
+        future = xp.asarray(np.arange(end)[None, :] > start + np.arange(n)[:, None]) if n > 1 else None
+        for l in range(L):
+            qkv = _layernorm(xp, x, p["ln1w"][l], p["ln1b"][l]) @ p["qkvw"][l].T + p["qkvb"][l]  # (n, 3C)
+            q, k, v = (qkv[:, i * C:(i + 1) * C].reshape(n, NH, -1).transpose(1, 0, 2) for i in range(3))
+            self.k[l, :, start:end] = k  # (NH, n, HS)
+            self.v[l, :, start:end] = v
+            att = q @ self.k[l, :, :end].transpose(0, 2, 1) * (1.0 / math.sqrt(C // NH))  # (NH, n, end)
+            if future is not None:
+                att[:, future] = -np.inf
+            att = xp.exp(att - att.max(axis=-1, keepdims=True))
+            att /= att.sum(axis=-1, keepdims=True)
+            y = (att @ self.v[l, :, :end]).transpose(1, 0, 2).reshape(n, C)
+            x = x + y @ p["attprojw"][l].T + p["attprojb"][l]
+            h = _gelu(xp, _layernorm(xp, x, p["ln2w"][l], p["ln2b"][l]) @ p["fcw"][l].T + p["fcb"][l])  # (n, 4C)
+            x = x + h @ p["fcprojw"][l].T + p["fcprojb"][l]
+        last = _layernorm(xp, x[-1], p["lnfw"], p["lnfb"])  # only the last position's logits are needed
+        logits = p["wte"][: cfg.vocab_size] @ last  # (V,), tied weights
+        self.pos = end
+        return np.asarray(xp.asnumpy(logits) if hasattr(xp, "asnumpy") else logits, dtype=np.float32)

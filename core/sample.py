@@ -1,87 +1,23 @@
-"""Text generation with a KV cache, and llm.c's sampler.
+"""Text generation through a model family's KV-cache model (GPT-2's: core/model.py's KVCacheModel),
+llm.c's sampler, and streaming decode.
 
 Each new token runs one position through the model: its query attends to the keys and values cached
 for every earlier position, so a token costs one position, not a re-forward of the whole prefix.
-The math is GPT-2's forward (core/model.py) written for a few positions at a time, in fp32, with an
-array module `xp` (NumPy, or CuPy for --device gpu: the same code). Sampling is llm.c's: an xorshift
-coin per token (seeded 1337 for mid-training samples) and sample_softmax over the first V logits.
+Sampling is llm.c's: an xorshift coin per token (seeded 1337 for mid-training samples) and
+sample_softmax over the first V logits.
 """
 
 import codecs
-import math
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from llmc.core.config import GPT2_EOT, GPTConfig, param_shapes
 from llmc.core.errors import LlmcError
-from llmc.core.model import views
 from llmc.core.rand import XorShift
 
-LN_EPS = 1e-5
-GELU_SCALE = math.sqrt(2.0 / math.pi)
 LLMC_TOKENIZER = "gpt2_tokenizer.bin"  # llm.c's default tokenizer file, looked for in the cwd
-
-
-def _layernorm(xp, x, weight, bias):
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + LN_EPS)
-    return xc * rstd * weight + bias
-
-
-def _gelu(xp, x):
-    return 0.5 * x * (1.0 + xp.tanh(GELU_SCALE * (x + 0.044715 * x * x * x)))
-
-
-class KVCacheModel:
-    """GPT-2 inference over positions 0..length-1, caching each layer's keys and values."""
-
-    def __init__(self, cfg: GPTConfig, params, xp: ModuleType, length: int):
-        if not 0 < length <= cfg.max_seq_len:
-            raise LlmcError(f"generation needs {length} positions; the model has max_seq_len {cfg.max_seq_len}")
-        self.cfg, self.xp, self.length = cfg, xp, length
-        self.p = views(params, param_shapes(cfg))  # fp32, llm.c order
-        L, NH, C = cfg.num_layers, cfg.num_heads, cfg.channels
-        self.k = xp.zeros((L, NH, length, C // NH), dtype=np.float32)  # (L, NH, length, HS)
-        self.v = xp.zeros((L, NH, length, C // NH), dtype=np.float32)
-        self.pos = 0  # positions cached so far
-
-    def reset(self) -> None:
-        self.pos = 0
-
-    def forward(self, tokens: list[int]) -> np.ndarray:
-        """Append len(tokens) positions; the host fp32 logits (V,) of the last one."""
-        xp, p, cfg = self.xp, self.p, self.cfg
-        L, NH, C = cfg.num_layers, cfg.num_heads, cfg.channels
-        n, start = len(tokens), self.pos
-        end = start + n
-        if end > self.length:
-            raise LlmcError(f"position {end - 1} is past the KV cache's {self.length} positions")
-        idx = xp.asarray(np.asarray(tokens, dtype=np.int64))
-        x = p["wte"][idx] + p["wpe"][start:end]  # (n, C)
-        # query i (position start+i) may not see keys after it; nothing to mask for one new token
-        future = xp.asarray(np.arange(end)[None, :] > start + np.arange(n)[:, None]) if n > 1 else None
-        for l in range(L):
-            qkv = _layernorm(xp, x, p["ln1w"][l], p["ln1b"][l]) @ p["qkvw"][l].T + p["qkvb"][l]  # (n, 3C)
-            q, k, v = (qkv[:, i * C:(i + 1) * C].reshape(n, NH, -1).transpose(1, 0, 2) for i in range(3))
-            self.k[l, :, start:end] = k  # (NH, n, HS)
-            self.v[l, :, start:end] = v
-            att = q @ self.k[l, :, :end].transpose(0, 2, 1) * (1.0 / math.sqrt(C // NH))  # (NH, n, end)
-            if future is not None:
-                att[:, future] = -np.inf
-            att = xp.exp(att - att.max(axis=-1, keepdims=True))
-            att /= att.sum(axis=-1, keepdims=True)
-            y = (att @ self.v[l, :, :end]).transpose(1, 0, 2).reshape(n, C)
-            x = x + y @ p["attprojw"][l].T + p["attprojb"][l]
-            h = _gelu(xp, _layernorm(xp, x, p["ln2w"][l], p["ln2b"][l]) @ p["fcw"][l].T + p["fcb"][l])  # (n, 4C)
-            x = x + h @ p["fcprojw"][l].T + p["fcprojb"][l]
-        last = _layernorm(xp, x[-1], p["lnfw"], p["lnfb"])  # only the last position's logits are needed
-        logits = p["wte"][: cfg.vocab_size] @ last  # (V,), tied weights
-        self.pos = end
-        return np.asarray(xp.asnumpy(logits) if hasattr(xp, "asnumpy") else logits, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -112,15 +48,16 @@ def next_token(logits: np.ndarray, rng: XorShift, temperature: float = 1.0, top_
     return sample_softmax(logits, rng.f32())
 
 
-def max_new_tokens(cfg: GPTConfig, prompt_len: int) -> int:
+def max_new_tokens(cfg: Any, prompt_len: int) -> int:
     """The last token is sampled, never forwarded: prompt_len + new - 1 positions must fit."""
     return cfg.max_seq_len - prompt_len + 1
 
 
-def generate(cfg: GPTConfig, params, xp: ModuleType, prompt: list[int], max_new: int, rng: XorShift,
+def generate(inference: type, cfg: Any, params, xp: ModuleType, prompt: list[int], max_new: int, rng: XorShift,
              temperature: float = 1.0, top_k: int = 0, kv_cache: bool = True) -> Iterator[int]:
-    """Yield max_new sampled tokens after prompt (the caller stops early at EOT if it wants).
-    Without kv_cache every token re-runs the whole prefix (llm.c's way; for comparison)."""
+    """Yield max_new sampled tokens after prompt (the caller stops early at EOT if it wants), from the
+    family's KV-cache model class `inference` (inference(cfg, params, xp, positions)). Without
+    kv_cache every token re-runs the whole prefix (llm.c's way; for comparison)."""
     if not prompt:
         raise LlmcError("generation needs at least one prompt token (llm.c starts from <|endoftext|>)")
     if not 0 < max_new <= max_new_tokens(cfg, len(prompt)):
@@ -128,7 +65,7 @@ def generate(cfg: GPTConfig, params, xp: ModuleType, prompt: list[int], max_new:
     bad = [t for t in prompt if not 0 <= t < cfg.vocab_size]
     if bad:
         raise LlmcError(f"prompt token id {bad[0]} is outside the model's vocab of {cfg.vocab_size}")
-    model = KVCacheModel(cfg, params, xp, len(prompt) + max_new - 1)
+    model = inference(cfg, params, xp, len(prompt) + max_new - 1)
     tokens = list(prompt)
     logits = model.forward(tokens)
     for i in range(max_new):
@@ -139,6 +76,26 @@ def generate(cfg: GPTConfig, params, xp: ModuleType, prompt: list[int], max_new:
             if not kv_cache:
                 model.reset()
             logits = model.forward([token] if kv_cache else tokens)
+
+
+def sample_from_eot(inference: type, cfg: Any, params, xp: ModuleType, decoder: "Decoder", gen_tokens: int,
+                    out: Callable[[str], None], stream: Callable[[str], None]) -> bool:
+    """llm.c's mid-run sample: genT - 1 tokens after <|endoftext|>, xorshift seeded 1337, streamed;
+    params in fp32. False (and why) where the model's vocab has no room for the tokenizer's EOT."""
+    eot = decoder.eot
+    if eot >= cfg.vocab_size:
+        out(f"no samples: {decoder.path or 'the GPT-2 tokenizer'}'s <|endoftext|> ({eot}) is outside the "
+            f"model's vocab of {cfg.vocab_size}")
+        return False
+    n = min(gen_tokens - 1, max_new_tokens(cfg, 1))
+    if n <= 0:
+        return True
+    out("generating:\n---")
+    for token in generate(inference, cfg, params, xp, [eot], n, XorShift(1337)):
+        stream(decoder(token))
+    stream(decoder.flush())
+    out("\n---")
+    return True
 
 
 # ----------------------------------------------------------------------------- tokens -> text
@@ -168,7 +125,7 @@ def load_decoder(path: str | Path | None = None) -> Decoder:
         if not 0 <= eot < len(table):  # the file is inconsistent in itself: blame it, not the model
             raise LlmcError(f"{path}: end-of-text id {eot} is outside its {len(table)} tokens")
         return Decoder(lambda t: table[t] if 0 <= t < len(table) else f"<|{t}|>".encode(), eot, str(path))
-    from llmc.data.tokenizer import gpt2_encoding
+    from llmc.data.tokenizer import EOT, gpt2_encoding
     enc = gpt2_encoding()
 
     def token_bytes(t: int) -> bytes:
@@ -176,7 +133,7 @@ def load_decoder(path: str | Path | None = None) -> Decoder:
             return enc.decode_single_token_bytes(t)
         except KeyError:  # a padded-vocab id no tokenizer knows
             return f"<|{t}|>".encode()
-    return Decoder(token_bytes, GPT2_EOT)
+    return Decoder(token_bytes, EOT)
 
 
 def encode_prompt(text: str) -> list[int]:

@@ -18,13 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes
+from llmc.core.check import TEST_ADAMW
+from llmc.core.config import DECAYED_PARAMS, LN_EPS, GPTConfig, param_shapes
 from llmc.core.formats import DebugState, write_debug_state, write_model
 
-LN_EPS = 1e-5
 PER_LAYER = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb")
-# test_gpt2.c's AdamW
-TEST_LR, TEST_BETAS, TEST_EPS, TEST_WEIGHT_DECAY = 1e-4, (0.9, 0.999), 1e-8, 0.01
 
 
 class GPT2(nn.Module):
@@ -111,8 +109,9 @@ def make_optimizer(model: GPT2, decay_all: bool) -> torch.optim.AdamW:
     """test_gpt2.c's AdamW; weight decay on every tensor (decay_all) or on the 2-D weights only."""
     decayed = [t for n, t in model.p.items() if decay_all or n in DECAYED_PARAMS]
     others = [t for n, t in model.p.items() if not (decay_all or n in DECAYED_PARAMS)]
-    groups = [{"params": decayed, "weight_decay": TEST_WEIGHT_DECAY}, {"params": others, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=TEST_LR, betas=TEST_BETAS, eps=TEST_EPS, foreach=False, fused=False)
+    hp = TEST_ADAMW  # test_gpt2.c's
+    groups = [{"params": decayed, "weight_decay": hp.weight_decay}, {"params": others, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, foreach=False, fused=False)
 
 
 def make_debug_state(cfg: GPTConfig, params: np.ndarray, inputs: np.ndarray, targets: np.ndarray,

@@ -17,7 +17,6 @@ shard), losses are averaged, and rank 0 alone prints, logs and samples.
 """
 
 import math
-import resource
 import signal
 import sys
 import threading
@@ -25,27 +24,21 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
 
 import numpy as np
 
-from llmc.core import checkpoint
-from llmc.core.config import flops_per_token, num_parameters
+from llmc.core import checkpoint, families, report
 from llmc.core.dataloader import DataLoader
-from llmc.core.distributed import SingleProcess
+from llmc.core.distributed import Group, SingleProcess
 from llmc.core.errors import LlmcError
-from llmc.core.evaluate import DEFAULT_HELLASWAG, check_examples, evaluate
-from llmc.core.formats import read_eval_shard
-from llmc.core.init import load_params
+from llmc.core.evaluate import DEFAULT_HELLASWAG, evaluate, load_hellaswag
 from llmc.core.metrics import RunLog
-from llmc.core.model import GPT
 from llmc.core.outliers import OutlierDetector
 from llmc.core.primitives import AdamW
-from llmc.core.rand import XorShift
 from llmc.core.rundir import RunDir
-from llmc.core.sample import generate, load_decoder, max_new_tokens
+from llmc.core.sample import load_decoder, sample_from_eot
 from llmc.core.schedules import learning_rate
 
 
@@ -121,68 +114,14 @@ class QueuedStep:
     fetched: Callable[[], list[np.ndarray]]
 
 
-class StepTimer:
-    """Step times from one read-back to the next; llm.c's tok/s (a bias-corrected EMA after the first
-    step, which is warmup) and bf16 MFU column."""
-
-    def __init__(self, tokens_per_step: int, flops_per_step: float, promised_flops: float | None):
-        self.tokens, self.flops, self.promised = tokens_per_step, flops_per_step, promised_flops
-        self.since: float | None = None  # when the step being timed began
-        self.total, self.steps_run, self.ema_tps = 0.0, 0, 0.0
-
-    def lap(self) -> tuple[float, float, float | None]:
-        """(dt, tok/s, MFU) of the step that ends now; MFU is None without a promised FLOP/s (the CPU)
-        and -1 on an unknown GPU, as llm.c prints it."""
-        now = time.perf_counter()
-        dt, self.since = now - self.since, now
-        tps = self.tokens / dt
-        if self.steps_run > 0:  # this process's first step is warmup (llm.c: step 0)
-            self.total += dt
-            self.ema_tps = 0.95 * self.ema_tps + 0.05 * tps
-            tps = self.ema_tps / (1.0 - 0.95 ** self.steps_run)
-        self.steps_run += 1
-        return dt, tps, self.mfu(dt)
-
-    def mfu(self, dt: float | None) -> float | None:
-        """llm.c's bf16 MFU of a step of dt seconds."""
-        if self.promised is None or dt is None:
-            return None
-        return self.flops / dt / self.promised if self.promised > 0 else -1.0
-
-    def mean(self) -> float | None:
-        """The mean step time after the warmup step, None before there is one."""
-        return self.total / (self.steps_run - 1) if self.steps_run > 1 else None
-
-    def eta(self, steps_left: int, dt: float) -> float:
-        mean = self.mean()
-        return (dt if mean is None else mean) * steps_left
-
-
-def print_table(rows: list[tuple[str, object]], out: Callable[[str], None]) -> None:
-    line = "+-----------------------+----------------------------------------------------+"
-    out(line)
-    for k, v in rows:
-        out(f"| {k:<21} | {str(v):<50} |")
-    out(line)
-
-
 def _write_stdout(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
 
 
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB"
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}"
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, backend: ModuleType, out: Callable[[str], None] = print,
-                 stream: Callable[[str], None] = _write_stdout, group: SingleProcess | None = None,
+                 stream: Callable[[str], None] = _write_stdout, group: Group | None = None,
                  record: dict | None = None):
         """out prints a line; stream writes sampled text as it comes (no newline). With a group of
         several processes, rank 0 alone prints, logs, samples and evaluates HellaSwag. record is what
@@ -228,20 +167,20 @@ class Trainer:
         if total <= 0 or total % tokens_per_fwdbwd:
             raise LlmcError(f"total batch size -d {total} must be a positive multiple of B*T*processes = {tokens_per_fwdbwd}")
         self.total_batch, self.grad_accum = total, total // tokens_per_fwdbwd
-        resume_step = self._find_checkpoint()
+        resume_step = checkpoint.find_resumable(cfg.output_dir, cfg.process_rank) if cfg.resume else None
         self.resumed = resume_step is not None
         if self.run_dir is not None:
             self.run_dir.refuse_clobber(bool(cfg.resume), cfg.overwrite)
             if self.resumed and self.main:
                 self.run_dir.check_resume(record["flags"], self.out)
-        model_cfg, params = load_params(str(checkpoint.model_path(cfg.output_dir, resume_step))
-                                        if self.resumed else cfg.model)
+        self.family, model_cfg, params = families.load(str(checkpoint.model_path(cfg.output_dir, resume_step))
+                                                       if self.resumed else cfg.model)
         self.model_cfg = model_cfg
         if cfg.T > model_cfg.max_seq_len:
             raise LlmcError(f"-t {cfg.T} is larger than the model's max_seq_len {model_cfg.max_seq_len}")
-        self.model = GPT(model_cfg, backend, params, cfg.B, cfg.T, recompute=cfg.recompute,
-                         gelu_fusion=cfg.gelu_fusion, master_weights=bool(cfg.master_weights),
-                         group=self.group, zero_stage=cfg.zero_stage)
+        self.model = self.family.Model(model_cfg, backend, params, cfg.B, cfg.T, recompute=cfg.recompute,
+                                       gelu_fusion=cfg.gelu_fusion, master_weights=bool(cfg.master_weights),
+                                       group=self.group, zero_stage=cfg.zero_stage)
         train_pattern = cfg.val_data if cfg.overfit_single_batch else cfg.train_data
         self.train_loader = DataLoader(train_pattern, cfg.B, cfg.T, cfg.process_rank, cfg.num_processes,
                                        shuffle=not cfg.overfit_single_batch)
@@ -256,18 +195,20 @@ class Trainer:
         self.last_checkpoint = -1  # step of the checkpoint written (or resumed from) last
         if self.resumed:
             self._restore(resume_step)
-        self.hellaswag = self._load_hellaswag() if self.main else None
+        self.hellaswag = (load_hellaswag(cfg.hellaswag_path, cfg.B, cfg.T, model_cfg.vocab_size, self.out)
+                          if self.main and cfg.hellaswag else None)
         self.sample_every = cfg.sample_every if self.main else 0  # 0 once sampling turns out impossible
         self.decoder = load_decoder() if self.sample_every > 0 else None  # a bad tokenizer stops the start, not the run
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.train_step = backend.graph(self._forward_backward)
         self.step_losses = backend.xp.zeros((self.grad_accum, cfg.B, cfg.T), dtype=np.float32)
-        flops_per_step = flops_per_token(model_cfg, cfg.T) * total // self.group.world  # one process's
-        self.timer = StepTimer(total, flops_per_step, backend.promised_flops())  # None: no MFU column (the CPU)
+        flops_per_step = self.family.flops_per_token(model_cfg, cfg.T) * total // self.group.world  # one process's
+        self.timer = report.StepTimer(total, flops_per_step, backend.promised_flops())  # None: no MFU column (CPU)
         self.val_losses: list[tuple[int, float]] = []  # (step, val loss) of this process's evaluations
         # last: a failed start leaves -o untouched
         record = {**record, "backend": backend.name, "device": backend.device_name(),
-                  "model": {"descriptor": cfg.model, **asdict(model_cfg), "num_parameters": num_parameters(model_cfg)},
+                  "model": {"family": self.family.name, "descriptor": cfg.model, **asdict(model_cfg),
+                            "num_parameters": self.family.num_parameters(model_cfg)},
                   "resumed_from_step": resume_step}
         wandb_id = None
         if cfg.wandb_project:
@@ -282,60 +223,15 @@ class Trainer:
             checkpoint.remove_stale_temporaries(cfg.output_dir)
 
     # ------------------------------------------------------------------ output dir, checkpoints, resume
-    def _find_checkpoint(self) -> int | None:
-        """The step to resume from, if -y 1 finds a complete checkpoint in -o."""
-        c = self.cfg
-        done = checkpoint.done_steps(c.output_dir) if c.resume else []
-        if not done:
-            return None
-        step = checkpoint.find_latest(c.output_dir, c.process_rank)
-        if step is None:
-            newest = done[-1]
-            missing = [p for p in (checkpoint.model_path(c.output_dir, newest),
-                                   checkpoint.state_path(c.output_dir, newest, c.process_rank)) if not p.is_file()]
-            raise LlmcError(f"{missing[0]} is missing, though {checkpoint.done_path(c.output_dir, newest).name} "
-                            f"marks checkpoint {newest} complete (a run of another -pn writes other state files)")
-        return step
-
     def _restore(self, step: int) -> None:
         """Optimizer, data loader and outlier-detector state of checkpoint `step` (llm.c's load_state)."""
-        c, model, loader, backend = self.cfg, self.model, self.train_loader, self.backend
-        path = checkpoint.state_path(c.output_dir, step, c.process_rank)
-        written = checkpoint.state_origin(path)  # before reading: another -pn means another state size
-        if written != (step, c.num_processes, c.process_rank):
-            raise LlmcError(f"{path}: written at step {written[0]} by rank {written[2]} of {written[1]}, "
-                            f"not step {step} by rank {c.process_rank} of {c.num_processes}; resume with the same -pn")
-        try:
-            state = checkpoint.read_state(path, model.shard.size)
-        except LlmcError as e:
-            if c.num_processes == 1:
-                raise
-            raise LlmcError(f"{e}; resume with the same -z (the state files hold {model.shard.size} "
-                            f"parameters' optimizer state here)") from None
+        c = self.cfg
         if step > self.num_steps:
             raise LlmcError(f"the newest checkpoint in {c.output_dir} is at step {step}, past -x {self.num_steps}")
-        shuffled = "shard_order" in state.loader
-        if shuffled != loader.shuffle:
-            raise LlmcError(f"{path}: the checkpoint's data loader {'did' if shuffled else 'did not'} shuffle; "
-                            f"resume with the same -a")
-        nfiles = len(loader.files)
-        if state.loader["shard"] >= nfiles or (shuffled and sorted(state.loader["shard_order"]) != list(range(nfiles))):
-            raise LlmcError(f"{path}: the checkpoint's data loader had other shards than the {nfiles} of -i now")
-        loader.restore(state.loader)
-        if state.loader["sample"] > loader.shard_samples or (
-                shuffled and sorted(state.loader["sample_order"]) != list(range(loader.shard_samples))):
-            raise LlmcError(f"{path}: the checkpoint's data loader read a shard in another batch layout; "
-                            f"resume with the same -b, -t and data")
-        model.m, model.v = backend.to_device(state.m, np.float32), backend.to_device(state.v, np.float32)
-        if model.master is not None:
-            if state.master is None:
-                raise LlmcError(f"{path} has no master weights; resume with -w 0")
-            model.master[...] = backend.to_device(state.master, np.float32)
-        elif state.master is not None:
-            if backend.act_dtype == np.float32:  # fp32 parameters: the master copy is the exact one
-                model.params[...] = backend.to_device(state.master, np.float32)
-            else:
-                self.out("Warning: the checkpoint has master weights, but -w 0 runs without them")
+        state, note = checkpoint.restore(c.output_dir, step, self.model, self.train_loader, c.num_processes,
+                                         c.process_rank)
+        if note:
+            self.out(note)
         if state.detectors is not None:
             self.loss_detector, self.grad_detector = state.detectors
         self.step = self.last_checkpoint = step
@@ -345,19 +241,15 @@ class Trainer:
         """model_%08d.bin, state_%08d_%05d.bin, DONE_%08d of the current step boundary; then keep the
         newest -nk (and every -nm-th) checkpoints. loader_state: the loader as of this boundary, when
         it has read ahead since; params: the parameters on the host, when the caller has them."""
-        c, model, backend = self.cfg, self.model, self.backend
-        params = backend.to_host(model.params) if params is None else params
+        c, backend = self.cfg, self.backend
+        params = backend.to_host(self.model.params) if params is None else params
         if not np.isfinite(params).all():  # a diverged state is never written as a checkpoint
             raise LlmcError(f"the parameters are not finite at step {self.step}: no checkpoint written; "
                             f"{self._last_good()}")
-        n = model.shard.size
-        host = lambda a: np.zeros(n, np.float32) if a is None else backend.to_host(a)  # noqa: E731
-        state = checkpoint.TrainState(self.step, host(model.m), host(model.v),
-                                      None if model.master is None else host(model.master),
-                                      loader_state or self.train_loader.state(),
+        state = checkpoint.TrainState(self.step, *self.model.optimizer_state(), loader_state or self.train_loader.state(),
                                       [self.loss_detector, self.grad_detector], c.num_processes, c.process_rank)
         self.out(f"Writing checkpoint at step {self.step}")
-        checkpoint.save_checkpoint(c.output_dir, self.model_cfg, params,
+        checkpoint.save_checkpoint(c.output_dir, self.family.write_model, self.model_cfg, params,
                                    backend.act_dtype != np.float32, state, self.group.barrier)
         self.group.barrier()  # DONE is written: every rank may prune
         self.last_checkpoint = self.step
@@ -406,57 +298,31 @@ class Trainer:
                 signal.signal(s, h)
 
     # ------------------------------------------------------------------ evaluation and samples
-    def _load_hellaswag(self) -> list | None:
-        c = self.cfg
-        if not c.hellaswag:
-            return None
-        if not Path(c.hellaswag_path).is_file():
-            self.out(f"HellaSwag eval not found at {c.hellaswag_path}, skipping its evaluation")
-            self.out("You can run `llmc prepro hellaswag` to export and use it with `-h 1`.")
-            return None
-        examples = read_eval_shard(c.hellaswag_path)
-        check_examples(examples, c.B, c.T, self.model_cfg.vocab_size, c.hellaswag_path)
-        return examples
-
     def sample(self) -> None:
-        """llm.c's mid-run sample: from <|endoftext|>, genT - 1 tokens, xorshift seeded 1337, streamed."""
-        V, eot = self.model_cfg.vocab_size, self.decoder.eot
-        if eot >= V:
-            tokenizer = self.decoder.path or "GPT-2's tokenizer"
-            self.out(f"no samples: {tokenizer}'s <|endoftext|> ({eot}) is outside the model's vocab of {V}")
-            self.sample_every = 0
-            return
-        n = min(self.cfg.gen_tokens - 1, max_new_tokens(self.model_cfg, 1))
-        if n <= 0:
-            return
+        """llm.c's mid-run sample from <|endoftext|>; sampling stops for the run where it cannot start."""
         backend, params = self.backend, self.model.params
         if backend.act_dtype != np.float32:  # the sampler computes in fp32
             params = backend.to_device(backend.to_host(params), np.float32)
-        self.out("generating:\n---")
-        for token in generate(self.model_cfg, params, backend.xp, [eot], n, XorShift(1337)):
-            self.stream(self.decoder(token))
-        self.stream(self.decoder.flush())
-        self.out("\n---")
+        if not sample_from_eot(self.family.KVCacheModel, self.model_cfg, params, backend.xp, self.decoder,
+                               self.cfg.gen_tokens, self.out, self.stream):
+            self.sample_every = 0
 
     def describe(self) -> None:
-        c, m = self.cfg, self.model_cfg
-        print_table([("train data pattern", c.train_data), ("val data pattern", c.val_data),
-                     ("output log dir", c.output_dir or "NULL"), ("micro batch size B", c.B),
-                     ("sequence length T", c.T), ("total batch size", self.total_batch),
-                     ("LR scheduler", c.schedule), ("learning rate (LR)", f"{c.lr:e}"),
-                     ("warmup iterations", c.warmup), ("final LR fraction", f"{c.final_lr_frac:e}"),
-                     ("weight decay", f"{c.weight_decay:e}"), ("max_steps", c.max_steps),
-                     ("val_loss_every", c.val_every), ("val_max_steps", c.val_max_steps),
-                     ("sample_every", c.sample_every), ("genT", c.gen_tokens),
-                     ("overfit_single_batch", c.overfit_single_batch), ("checkpoint_every", c.checkpoint_every),
-                     ("resume", c.resume), ("run hellaswag", "yes" if self.hellaswag else "no"),
-                     ("device", self.backend.name)], self.out)
-        print_table([("weight init method", "intermediate checkpoint" if self.resumed else c.model),
-                     ("max_sequence_length T", m.max_seq_len),
-                     ("vocab_size V", m.vocab_size), ("padded_vocab_size Vp", m.padded_vocab_size),
-                     ("num_layers L", m.num_layers), ("num_heads NH", m.num_heads), ("channels C", m.channels),
-                     ("num_parameters", num_parameters(m)), ("train_num_batches", self.num_steps),
-                     ("val_num_batches", self.val_steps)], self.out)
+        """llm.c's start-up tables and batch lines."""
+        c = self.cfg
+        report.print_table([
+            ("train data pattern", c.train_data), ("val data pattern", c.val_data),
+            ("output log dir", c.output_dir or "NULL"), ("micro batch size B", c.B), ("sequence length T", c.T),
+            ("total batch size", self.total_batch), ("LR scheduler", c.schedule), ("learning rate (LR)", f"{c.lr:e}"),
+            ("warmup iterations", c.warmup), ("final LR fraction", f"{c.final_lr_frac:e}"),
+            ("weight decay", f"{c.weight_decay:e}"), ("max_steps", c.max_steps), ("val_loss_every", c.val_every),
+            ("val_max_steps", c.val_max_steps), ("sample_every", c.sample_every), ("genT", c.gen_tokens),
+            ("overfit_single_batch", c.overfit_single_batch), ("checkpoint_every", c.checkpoint_every),
+            ("resume", c.resume), ("run hellaswag", "yes" if self.hellaswag else "no"),
+            ("device", self.backend.name)], self.out)
+        report.print_table([("weight init method", "intermediate checkpoint" if self.resumed else c.model),
+                            *self.family.describe(self.model_cfg), ("train_num_batches", self.num_steps),
+                            ("val_num_batches", self.val_steps)], self.out)
         self.out(f"batch_size B={c.B} * seq_len T={c.T} * num_processes={c.num_processes} and "
                  f"total_batch_size={self.total_batch}")
         self.out(f"=> setting grad_accum_steps={self.grad_accum}")
@@ -500,7 +366,7 @@ class Trainer:
             self._check_tokens(x, y, self.train_loader)
             model.set_batch(x, y)
             self.train_step()
-            self.step_losses[micro][...] = model.acts["losses"]  # read back with the norm, once per step
+            self.step_losses[micro][...] = model.losses  # read back with the norm, once per step
         model.reduce_gradients()
         model.compute_grad_norm()
         return loader_state
@@ -607,32 +473,14 @@ class Trainer:
         mfu_column = "" if mfu is None else f"{100 * mfu:.1f}% bf16 MFU | "
         self.out(f"step {queued.step + 1:4d}/{self.num_steps} | loss {loss:7.6f} ({zloss:+.2f}z)| "
                  f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu_column}{tps:.0f} tok/s | "
-                 f"ETA {_duration(eta)}")
+                 f"ETA {report.duration(eta)}")
         self.run_log.train_step(queued.step, loss, lr, norm, dt, self.total_batch / dt, mfu)
 
     def summarize(self) -> None:
-        """The run's closing table: time, tokens, throughput and MFU over the steady steps (after the
-        first), peak memory, val losses and the last checkpoint."""
-        c, timer = self.cfg, self.timer
-        steps = timer.steps_run
-        steady = timer.mean()
-        rows = [("wall time", _duration(time.perf_counter() - self.started)), ("steps run", steps),
-                ("tokens processed", f"{steps * self.total_batch:,}")]
-        if steady is not None:
-            rows.append(("mean tok/s (steady)", f"{self.total_batch / steady:,.0f}"))
-            if timer.mfu(steady) is not None:
-                rows.append(("mean MFU (steady)", f"{100 * timer.mfu(steady):.1f}%"))
-        rows.append(("peak host RSS", _gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
-        used = self.backend.memory_used()
-        if used is not None:
-            rows.append(("device memory usage", _gib(used)))
-        if self.val_losses:
-            best = min(self.val_losses, key=lambda sv: sv[1])
-            rows += [("final val loss", f"{self.val_losses[-1][1]:.4f} (step {self.val_losses[-1][0]})"),
-                     ("best val loss", f"{best[1]:.4f} (step {best[0]})")]
-        if self.last_checkpoint >= 0:
-            rows.append(("last checkpoint", str(checkpoint.model_path(c.output_dir, self.last_checkpoint))))
-        print_table(rows, self.out)
+        c = self.cfg
+        last = str(checkpoint.model_path(c.output_dir, self.last_checkpoint)) if self.last_checkpoint >= 0 else None
+        report.summary(time.perf_counter() - self.started, self.timer, self.backend.memory_used(), self.val_losses,
+                       last, self.out)
 
     def _boundary_jobs(self, last: bool) -> list[Callable[[], None]]:
         """What this step boundary is due (as llm.c): validation, HellaSwag, a sample, a checkpoint."""

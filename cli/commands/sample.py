@@ -34,7 +34,7 @@ def command(model: str, prompt: str, tokens: int, temperature: float, top_k: int
 
     from llmc.core.backends import get_backend
     from llmc.core.errors import LlmcError
-    from llmc.core.init import load_params
+    from llmc.core import families
     from llmc.core.rand import XorShift
     from llmc.core.sample import encode_prompt, generate, load_decoder, max_new_tokens
 
@@ -45,7 +45,7 @@ def command(model: str, prompt: str, tokens: int, temperature: float, top_k: int
     if not 0 < seed < 2**64:
         raise LlmcError(f"--seed must be in 1 .. 2^64-1 (an xorshift state), not {seed}")
     backend = get_backend(device)
-    cfg, params = load_params(model)
+    family, cfg, params = families.load(model)
     finite = np.isfinite(params)
     if not finite.all():  # NaN logits would sample garbage (or always the last token), silently
         raise LlmcError(f"{model}: {finite.size - np.count_nonzero(finite)} of its parameters are not finite "
@@ -65,7 +65,7 @@ def command(model: str, prompt: str, tokens: int, temperature: float, top_k: int
     params = backend.to_device(params, np.float32)
     click.echo(prompt, nl=False)
     t0, count, at_eot = time.perf_counter(), 0, False
-    for token in generate(cfg, params, backend.xp, context, n, XorShift(seed), temperature, top_k, kv_cache):
+    for token in generate(family.KVCacheModel, cfg, params, backend.xp, context, n, XorShift(seed), temperature, top_k, kv_cache):
         count += 1
         if token == decoder.eot and stop_at_eot:
             at_eot = True

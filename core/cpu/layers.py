@@ -7,11 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from llmc.core.config import GELU_CUBIC, GELU_SCALE, LN_EPS
 from llmc.core.cpu.blas import accumulate_at_b
 from llmc.core.errors import LlmcError
-
-GELU_SCALE = math.sqrt(2.0 / math.pi)
-LN_EPS = 1e-5
 
 _scratch: dict[tuple, np.ndarray] = {}
 _pool = ThreadPoolExecutor(max_workers=1)  # the second of two threads for element-wise work
@@ -127,7 +125,7 @@ def gelu_forward(out, inp):
 def _gelu_forward(out, inp):
     t = scratch("gelu_t", inp.shape)
     np.multiply(inp, inp, out=t)
-    t *= 0.044715
+    t *= GELU_CUBIC
     t += 1.0
     t *= inp
     t *= GELU_SCALE
@@ -142,15 +140,15 @@ def gelu_backward(dinp, inp, dout):
 
 
 def _gelu_backward(dinp, inp, dout):
-    # d/dx 0.5x(1+tanh(u)) = 0.5(1+tanh(u)) + 0.5x(1-tanh(u)^2)u',  u = s(x + 0.044715x^3)
+    # d/dx 0.5x(1+tanh(u)) = 0.5(1+tanh(u)) + 0.5x(1-tanh(u)^2)u',  u = s(x + c x^3)
     x2, th, local = (scratch(tag, inp.shape) for tag in ("gelu_x2", "gelu_th", "gelu_local"))
     np.multiply(inp, inp, out=x2)
-    np.multiply(x2, 0.044715, out=th)
+    np.multiply(x2, GELU_CUBIC, out=th)
     th += 1.0
     th *= inp
     th *= GELU_SCALE
     np.tanh(th, out=th)  # tanh(u)
-    x2 *= 3 * 0.044715
+    x2 *= 3 * GELU_CUBIC
     x2 += 1.0
     x2 *= inp
     x2 *= 0.5 * GELU_SCALE  # 0.5 x u'

@@ -22,11 +22,11 @@ REFERENCES = ("llmc", "torch", "torch-nn")
 
 def bench_llmc(model: str, B: int, T: int, steps: int) -> dict:
     import llmc.core.cpu as cpu
-    from llmc.core.init import load_params
+    from llmc.core import families
     from llmc.core.model import GPT
     from llmc.core.primitives import AdamW
 
-    cfg, params = load_params(model)
+    _, cfg, params = families.load(model)
     gpt = GPT(cfg, cpu, params, B, T)
     del params
     rng = np.random.default_rng(0)
@@ -103,10 +103,10 @@ def idiomatic_gpt2(cfg, params: np.ndarray):
 def bench_torch(model: str, B: int, T: int, steps: int, idiomatic: bool) -> dict:
     import torch
 
-    from llmc.core.init import load_params
+    from llmc.core import families
     from llmc.core.torch_gpt2 import GPT2
 
-    cfg, params = load_params(model)
+    _, cfg, params = families.load(model)
     net = idiomatic_gpt2(cfg, params) if idiomatic else GPT2(cfg, params)
     del params
     opt = torch.optim.AdamW(net.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)

@@ -66,7 +66,7 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
     import cupy as cp
 
     from llmc.core import gpu
-    from llmc.core.init import load_params
+    from llmc.core import families
     from llmc.core.model import GPT
     from llmc.core.primitives import AdamW
 
@@ -90,7 +90,7 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
     for n in gpu.__all__:
         if n.endswith(("_forward", "_backward", "_update", "_squared", "crossentropy")):
             setattr(proxy, n, timed(n, getattr(gpu, n)))
-    cfg, params = load_params(model)
+    _, cfg, params = families.load(model)
     gpt = GPT(cfg, proxy, params, B, T)
     x, y = batches(cfg, B, T, 1)[0]
     gpt.set_batch(x, y)
@@ -114,9 +114,9 @@ def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
     from torch import nn
 
     from llmc.core.config import param_shapes
-    from llmc.core.init import load_params
+    from llmc.core import families
 
-    cfg, params = load_params(model)
+    _, cfg, params = families.load(model)
     L, C, NH, V = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.vocab_size
     flat = torch.from_numpy(params)
     tensors, offset = {}, 0

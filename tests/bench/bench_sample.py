@@ -14,12 +14,12 @@ import time
 import numpy as np
 
 
-def tokens_per_second(cfg, params, xp, n: int, kv_cache: bool) -> tuple[float, list[int]]:
+def tokens_per_second(family, cfg, params, xp, n: int, kv_cache: bool) -> tuple[float, list[int]]:
     from llmc.core.rand import XorShift
     from llmc.core.sample import generate
 
     t0 = time.perf_counter()
-    tokens = list(generate(cfg, params, xp, [50256], n, XorShift(1337), kv_cache=kv_cache))
+    tokens = list(generate(family.KVCacheModel, cfg, params, xp, [50256], n, XorShift(1337), kv_cache=kv_cache))
     if hasattr(xp, "cuda"):
         xp.cuda.Device().synchronize()
     return n / (time.perf_counter() - t0), tokens
@@ -33,16 +33,16 @@ def main() -> None:
     args = ap.parse_args()
 
     from llmc.core.backends import get_backend
-    from llmc.core.init import load_params
+    from llmc.core import families
 
     backend = get_backend(args.device)
-    cfg, params = load_params(args.model)
+    family, cfg, params = families.load(args.model)
     params = backend.to_device(params, np.float32)
-    tokens_per_second(cfg, params, backend.xp, 4, True)  # warm up (BLAS threads, CuPy kernels)
+    tokens_per_second(family, cfg, params, backend.xp, 4, True)  # warm up (BLAS threads, CuPy kernels)
     results = []
     for n in args.tokens:
-        cached, a = tokens_per_second(cfg, params, backend.xp, n, True)
-        full, b = tokens_per_second(cfg, params, backend.xp, n, False)
+        cached, a = tokens_per_second(family, cfg, params, backend.xp, n, True)
+        full, b = tokens_per_second(family, cfg, params, backend.xp, n, False)
         results.append({"tokens": n, "kv_cache_tok_s": round(cached, 2), "no_kv_cache_tok_s": round(full, 2),
                         "speedup": round(cached / full, 2), "same_tokens": a == b})
         print(json.dumps({"model": args.model, "device": args.device, **results[-1]}), flush=True)

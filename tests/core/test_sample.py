@@ -11,7 +11,8 @@ from llmc.core.errors import LlmcError
 from llmc.core.init import random_init
 from llmc.core.model import GPT
 from llmc.core.rand import XorShift
-from llmc.core.sample import Decoder, KVCacheModel, generate, next_token, sample_softmax
+from llmc.core.model import KVCacheModel
+from llmc.core.sample import Decoder, generate, next_token, sample_softmax
 
 CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=32)
 
@@ -46,22 +47,22 @@ def test_kv_cache_logits_match_full_forward(params):
 
 def test_generated_tokens_match_full_forward_sampling(params):
     prompt, n = [5, 17, 99], 25
-    tokens = list(generate(CFG, params, np, prompt, n, XorShift(7)))
+    tokens = list(generate(KVCacheModel, CFG, params, np, prompt, n, XorShift(7)))
     rng, seq = XorShift(7), list(prompt)
     for _ in range(n):  # the same draws, each from a whole re-forward of the training model
         seq.append(next_token(full_forward_logits(params, seq)[-1], rng))
     assert tokens == seq[len(prompt):]
-    assert list(generate(CFG, params, np, prompt, n, XorShift(7), kv_cache=False)) == tokens
-    assert list(generate(CFG, params, np, prompt, n, XorShift(7))) == tokens  # reproducible
-    assert list(generate(CFG, params, np, prompt, n, XorShift(8))) != tokens
+    assert list(generate(KVCacheModel, CFG, params, np, prompt, n, XorShift(7), kv_cache=False)) == tokens
+    assert list(generate(KVCacheModel, CFG, params, np, prompt, n, XorShift(7))) == tokens  # reproducible
+    assert list(generate(KVCacheModel, CFG, params, np, prompt, n, XorShift(8))) != tokens
 
 
 def test_generation_limits(params):
-    assert len(list(generate(CFG, params, np, [1, 2], CFG.max_seq_len - 1, XorShift(1)))) == CFG.max_seq_len - 1
+    assert len(list(generate(KVCacheModel, CFG, params, np, [1, 2], CFG.max_seq_len - 1, XorShift(1)))) == CFG.max_seq_len - 1
     with pytest.raises(LlmcError, match="do not fit"):
-        list(generate(CFG, params, np, [1, 2], CFG.max_seq_len, XorShift(1)))
+        list(generate(KVCacheModel, CFG, params, np, [1, 2], CFG.max_seq_len, XorShift(1)))
     with pytest.raises(LlmcError, match="outside the model's vocab"):
-        list(generate(CFG, params, np, [CFG.vocab_size], 3, XorShift(1)))
+        list(generate(KVCacheModel, CFG, params, np, [CFG.vocab_size], 3, XorShift(1)))
 
 
 def llmc_sample_softmax(logits: np.ndarray, coin: float) -> int:
@@ -152,7 +153,7 @@ def test_training_samples_as_llmc(tmp_path):
     trainer.run()  # one sample, at step 2 (the last step)
     assert lines.count("generating:\n---") == 1 and "\n---" in lines
     decoder = load_decoder()
-    tokens = generate(cfg, trainer.model.params, np, [GPT2_EOT], 8, XorShift(1337))
+    tokens = generate(KVCacheModel, cfg, trainer.model.params, np, [GPT2_EOT], 8, XorShift(1337))
     assert "".join(text) == "".join(decoder(t) for t in tokens) + decoder.flush()
     assert len(text) == 9  # streamed token by token, then the decoder's flush
 
@@ -170,7 +171,7 @@ def test_training_samples_need_a_tokenizer_that_fits(tmp_path, monkeypatch):
                       sample_every=1)
     lines: list[str] = []
     Trainer(cfg, cpu, out=lines.append).run()
-    assert lines.count("no samples: GPT-2's tokenizer's <|endoftext|> (50256) is outside the model's vocab of 101") == 1
+    assert lines.count("no samples: the GPT-2 tokenizer's <|endoftext|> (50256) is outside the model's vocab of 101") == 1
     write_tokenizer("gpt2_tokenizer.bin", [bytes([i]) for i in range(10)], 12)  # llm.c's file, read from the cwd
     with pytest.raises(LlmcError, match="end-of-text id 12 is outside its 10 tokens"):
         Trainer(cfg, cpu, out=lines.append)

@@ -7,9 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from llmc.core.check import TEST_ADAMW  # noqa: E402
 from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes  # noqa: E402
 from llmc.core.formats import read_debug_state, read_model  # noqa: E402
-from llmc.core.torch_gpt2 import (GPT2, TEST_BETAS, TEST_EPS, TEST_LR, TEST_WEIGHT_DECAY,  # noqa: E402
+from llmc.core.torch_gpt2 import (GPT2,  # noqa: E402
                                   init_params, make_debug_state, make_optimizer, write_reference)
 
 # odd sizes on purpose: V not a multiple of 128, T not a power of two, 3 heads; V*C and maxT*C are not
@@ -128,14 +129,14 @@ def test_adamw_step_is_llmc_update():
         model(x, y)[1].backward()
         grad = model.flat_grads().astype(np.float64)
         opt.step()
-        wd = np.full(params.size, TEST_WEIGHT_DECAY if decay_all else 0.0)
+        wd = np.full(params.size, TEST_ADAMW.weight_decay if decay_all else 0.0)
         for name in DECAYED_PARAMS:
-            wd[off[name]] = TEST_WEIGHT_DECAY
-        b1, b2 = TEST_BETAS
+            wd[off[name]] = TEST_ADAMW.weight_decay
+        b1, b2 = TEST_ADAMW.beta1, TEST_ADAMW.beta2
         m_hat = (1 - b1) * grad / (1 - b1)
         v_hat = (1 - b2) * grad**2 / (1 - b2)
         p = params.astype(np.float64)
-        expected = p - TEST_LR * (m_hat / (np.sqrt(v_hat) + TEST_EPS) + wd * p)
+        expected = p - TEST_ADAMW.lr * (m_hat / (np.sqrt(v_hat) + TEST_ADAMW.eps) + wd * p)
         np.testing.assert_allclose(model.flat_params(), expected, rtol=0, atol=1e-7)
 
 

@@ -1,0 +1,69 @@
+"""Model families: the one place where the training loop, checkpoints, sampling and the CLI learn about
+an architecture. They see a model only through a Family and the objects it makes:
+
+- a config with `max_seq_len` and `vocab_size` (the family's own dataclass; the rest is the family's),
+- the training model, written against the primitive set: forward / backward / zero_grad /
+  reduce_gradients / compute_grad_norm / update, set_batch / mean_loss, `params` (flat, file order),
+  `losses` (B, T), `norm_squared`, and optimizer_state / load_optimizer_state for checkpoints,
+- the KV-cache model that generation runs (core/sample.generate).
+
+GPT-2 (core/model.py) is the one family so far. A second (Llama 3) is a module beside core/model.py
+and an entry in FAMILIES; nothing in the loop branches on which family it trains.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from llmc.core.errors import LlmcError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_magic: int  # the first int32 of its model files
+    config_from_descriptor: Callable[[str], Any]  # `-e d12` etc. -> config; LlmcError if not this family's
+    describe: Callable[[Any], list[tuple[str, object]]]  # the config's rows of the start-up table
+    num_parameters: Callable[[Any], int]
+    flops_per_token: Callable[[Any, int], int]  # training FLOPs per token at sequence length T (MFU)
+    random_init: Callable[[Any, int], np.ndarray]  # (config, seed) -> flat fp32 parameters
+    read_model: Callable[[str], tuple[Any, np.ndarray]]  # a model file -> (config, flat fp32 parameters)
+    write_model: Callable[[str, Any, np.ndarray, str], None]  # (path, config, parameters, "fp32" | "bf16")
+    Model: type  # Model(config, backend, params, B, T, recompute=, gelu_fusion=, master_weights=, group=, zero_stage=)
+    KVCacheModel: type  # KVCacheModel(config, params, xp, positions)
+
+
+def gpt2() -> Family:
+    from llmc.core import config, formats, init, model
+
+    return Family("gpt2", formats.MODEL_MAGIC, config.config_from_descriptor, config.describe, config.num_parameters,
+                  config.flops_per_token, init.random_init, formats.read_model, formats.write_model, model.GPT,
+                  model.KVCacheModel)
+
+
+FAMILIES: dict[str, Callable[[], Family]] = {"gpt2": gpt2}  # built on use: no family is imported before it is needed
+
+
+def load(model: str, seed: int = 42) -> tuple[Family, Any, np.ndarray]:
+    """`-e`: a model file (its family from the file's magic) or a descriptor (the family whose syntax it
+    is) for llm.c's random init; (family, config, flat fp32 parameters)."""
+    families = [make() for make in FAMILIES.values()]
+    if model.endswith(".bin"):
+        with open(model, "rb") as f:
+            head = f.read(4)
+        magic = int(np.frombuffer(head, "<i4")[0]) if len(head) == 4 else None
+        family = next((f for f in families if f.model_magic == magic), None)
+        if family is None:
+            expected = " or ".join(str(f.model_magic) for f in families)
+            raise LlmcError(f"{model}: bad magic {magic} (expected {expected}): not a model checkpoint file")
+        return family, *family.read_model(model)
+    errors = []
+    for family in families:
+        try:
+            cfg = family.config_from_descriptor(model)
+        except LlmcError as e:
+            errors.append(str(e))
+            continue
+        return family, cfg, family.random_init(cfg, seed)
+    raise LlmcError("; ".join(errors))
