@@ -10,7 +10,7 @@ from llmc.core.cpu.layers import (attention_backward, attention_forward, attenti
                                   encoder_backward, encoder_forward, gelu_backward, gelu_forward,
                                   layernorm_backward, layernorm_forward, matmul_backward, matmul_forward,
                                   residual_forward, softmax_crossentropy)
-from llmc.core.cpu.optim import adamw_update, global_norm_squared
+from llmc.core.cpu.optimizer import adamw_update, global_norm_squared
 
 name = "cpu"
 xp = np

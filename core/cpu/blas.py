@@ -6,6 +6,7 @@ NumPy build), accumulate_at_b falls back to NumPy.
 """
 
 import ctypes
+import functools
 import glob
 import os
 
@@ -14,7 +15,9 @@ import numpy as np
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 
-def _load_sgemm():
+@functools.cache
+def _sgemm():
+    """NumPy's own OpenBLAS cblas_sgemm, loaded at the first matmul (None where there is none)."""
     libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*.so*"))
     for path in libs:
         try:
@@ -33,8 +36,6 @@ def _load_sgemm():
     return None
 
 
-_sgemm = _load_sgemm()
-
 
 def _rowmajor(x: np.ndarray) -> bool:
     return x.dtype == np.float32 and x.ndim == 2 and x.strides[1] == 4 and x.strides[0] == 4 * x.shape[1]
@@ -42,9 +43,10 @@ def _rowmajor(x: np.ndarray) -> bool:
 
 def accumulate_at_b(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     """c (M, N) += a.T @ b, with a (K, M) and b (K, N) row-major fp32."""
-    if _sgemm is not None and _rowmajor(a) and _rowmajor(b) and _rowmajor(c):
+    sgemm = _sgemm()
+    if sgemm is not None and _rowmajor(a) and _rowmajor(b) and _rowmajor(c):
         K, M = a.shape
         N = b.shape[1]
-        _sgemm(ROW_MAJOR, TRANS, NO_TRANS, M, N, K, 1.0, a.ctypes.data, M, b.ctypes.data, N, 1.0, c.ctypes.data, N)
+        sgemm(ROW_MAJOR, TRANS, NO_TRANS, M, N, K, 1.0, a.ctypes.data, M, b.ctypes.data, N, 1.0, c.ctypes.data, N)
     else:
         c += a.T @ b

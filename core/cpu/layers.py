@@ -1,6 +1,7 @@
 """The NumPy fp32 layers: llm.c's train_gpt2.c, vectorized. Every matmul goes to BLAS, attention is
 batched matmuls, and outputs go into the caller's preallocated arrays (see core/primitives.py)."""
 
+import functools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,12 @@ from llmc.core.cpu.blas import accumulate_at_b
 from llmc.core.errors import LlmcError
 
 _scratch: dict[tuple, np.ndarray] = {}
-_pool = ThreadPoolExecutor(max_workers=1)  # the second of two threads for element-wise work
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """The second of two threads for element-wise work, started at first use."""
+    return ThreadPoolExecutor(max_workers=1)
 
 
 def scratch(tag: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -35,7 +41,7 @@ def in_halves(fn, *arrays: np.ndarray) -> None:
     half = arrays[0].shape[0] // 2
     if half == 0:
         return fn(*arrays)
-    job = _pool.submit(fn, *(a[:half] for a in arrays))
+    job = _pool().submit(fn, *(a[:half] for a in arrays))
     fn(*(a[half:] for a in arrays))
     job.result()
 

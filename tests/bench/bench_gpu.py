@@ -65,8 +65,7 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
     """GPU milliseconds per primitive (and matmul shape) over one eager step, events around calls."""
     import cupy as cp
 
-    from llmc.core import gpu
-    from llmc.core import families
+    from llmc.core import families, gpu
     from llmc.core.model import GPT
     from llmc.core.primitives import AdamW
 
@@ -113,8 +112,8 @@ def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
     import torch.nn.functional as F
     from torch import nn
 
-    from llmc.core.config import param_shapes
     from llmc.core import families
+    from llmc.core.config import param_shapes
 
     _, cfg, params = families.load(model)
     L, C, NH, V = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.vocab_size

@@ -2,7 +2,6 @@
 metrics.csv, repeatable with --config; the closing summary; optional TensorBoard and W&B logs."""
 
 import json
-import os
 import resource
 import signal
 import struct
@@ -10,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

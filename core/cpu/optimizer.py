@@ -6,6 +6,7 @@ inside ufuncs). The update is PyTorch's arrangement of llm.c's formula:
 p = p (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps), with bc = 1 - beta^step.
 """
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +15,12 @@ import numpy as np
 from llmc.core.primitives import AdamW
 
 CHUNK = 1 << 18  # elements per chunk: 1 MiB of fp32 (measured fastest: fewer calls, still cache-resident)
-_pool = ThreadPoolExecutor(max_workers=2)
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """Two threads for AdamW's halves, started at the first update."""
+    return ThreadPoolExecutor(max_workers=2)
 
 
 def global_norm_squared(out, grads):
@@ -85,7 +91,7 @@ def adamw_update(param, grad, m, v, master, *, hp: AdamW, step: int, grad_scale:
             run(lo, hi, wd)
             continue
         half = lo + ((hi - lo) // 2 + CHUNK - 1) // CHUNK * CHUNK
-        jobs += [_pool.submit(run, lo, half, wd), _pool.submit(run, half, hi, wd)]
+        jobs += [_pool().submit(run, lo, half, wd), _pool().submit(run, half, hi, wd)]
     for j in jobs:
         j.result()
     if master is not None:
