@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from llmc.core.errors import LlmcError
-from llmc.core.train import TrainConfig
+from llmc.core.train_config import TrainConfig
 
 # (llm.c's flags, long name, TrainConfig field or None, type, help, gpu_only)
 TRAIN_FLAGS = [

@@ -83,6 +83,25 @@ class RunDir:
             raise LlmcError(f"-o {self.path} is in use by {holder}; wait for it to end or choose another -o") from None
         self._lock_fd = fd
 
+    @classmethod
+    def hold(cls, path: str, group) -> "RunDir":
+        """The folder, locked by rank 0 of the group before anything there is read; every rank stops
+        (with rank 0's reason there) if rank 0 cannot take it."""
+        try:
+            run_dir, refusal = cls(path, group.rank), None
+        except LlmcError as e:
+            run_dir, refusal = None, e
+        try:
+            if group.world > 1 and group.host_reduce([float(refusal is not None)], "max")[0]:
+                raise refusal or LlmcError(f"rank 0 could not take the output dir -o {path}")
+        except BaseException:  # a refusal, or a rank that failed in the collective: give the folder up
+            if run_dir is not None:
+                run_dir.release(failed=True)
+            raise
+        if refusal is not None:
+            raise refusal
+        return run_dir
+
     def refuse_clobber(self, resume: bool, overwrite: bool) -> None:
         """Refuse a new run (no -y 1) where it would clobber the run in the folder (reads only; rank 0).
         -y 1 with no complete checkpoint to resume from starts afresh, as llm.c does: what a run killed

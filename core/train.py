@@ -33,75 +33,14 @@ from llmc.core import checkpoint, families, report
 from llmc.core.dataloader import DataLoader
 from llmc.core.distributed import Group, SingleProcess
 from llmc.core.errors import LlmcError
-from llmc.core.evaluate import DEFAULT_HELLASWAG, evaluate, load_hellaswag
+from llmc.core.evaluate import evaluate, load_hellaswag
 from llmc.core.metrics import RunLog
 from llmc.core.outliers import OutlierDetector
 from llmc.core.primitives import AdamW
 from llmc.core.rundir import RunDir
 from llmc.core.sample import load_decoder, sample_from_eot
 from llmc.core.schedules import learning_rate
-
-
-@dataclass
-class TrainConfig:
-    train_data: str = "data/tinyshakespeare/tiny_shakespeare_train.bin"  # -i
-    val_data: str = "data/tinyshakespeare/tiny_shakespeare_val.bin"  # -j
-    model: str = "gpt2_124M_bf16.bin"  # -e: a .bin checkpoint or a descriptor (d12, gpt3:c768)
-    output_dir: str | None = None  # -o: main.log and checkpoints
-    checkpoint_every: int = 0  # -n
-    checkpoints_keep: int = 0  # -nk
-    major_checkpoint_every: int = 0  # -nm
-    resume: int = 0  # -y
-    B: int = 4  # -b: micro-batch size
-    T: int = 1024  # -t: sequence length
-    total_batch: int = -1  # -d: tokens per optimizer step (-1: B*T*processes, no accumulation)
-    max_steps: int = -1  # -x: -1 = one epoch
-    schedule: str = "cosine"  # -k
-    lr: float = 3e-4  # -l
-    warmup: int = 0  # -u
-    final_lr_frac: float = 1.0  # -q
-    weight_decay: float = 0.0  # -c
-    skip_loss_z: float = 0.0  # -sl: skip the update when the loss z-score exceeds this (0 = off)
-    skip_grad_z: float = 0.0  # -sg: likewise for the gradient norm
-    val_every: int = 20  # -v
-    val_max_steps: int = 20  # -m
-    sample_every: int = 20  # -s
-    gen_tokens: int = 64  # -g
-    hellaswag: int = 0  # -h
-    hellaswag_path: str = DEFAULT_HELLASWAG  # the eval shard -h 1 reads (relative to the cwd, as llm.c)
-    overfit_single_batch: int = 0  # -a
-    recompute: int = 0  # -r
-    gelu_fusion: int = 2  # -ge
-    master_weights: int = 1  # -w
-    num_processes: int = 1  # -pn
-    process_rank: int = 0  # -pr
-    zero_stage: int = 0  # -z: 1 shards the optimizer state over the processes (ZeRO-1)
-    overwrite: bool = False  # --overwrite: a new run may replace the run in -o
-    tensorboard: bool = False  # --tensorboard: TensorBoard event files in -o/tensorboard
-    wandb_project: str | None = None  # --wandb-project: log to this Weights & Biases project
-
-    def validate(self) -> None:
-        """Refuse flags that cannot make a run, before anything is read or written."""
-        finite = {"-l": self.lr, "-q": self.final_lr_frac, "-c": self.weight_decay, "-sl": self.skip_loss_z,
-                  "-sg": self.skip_grad_z}
-        for flag, value in finite.items():
-            if not math.isfinite(value) or value < 0:
-                raise LlmcError(f"{flag} takes a finite number >= 0, not {value}")
-        if self.B < 1 or self.T < 1:
-            raise LlmcError(f"-b and -t take sizes >= 1, not {self.B} and {self.T}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise LlmcError(f"-x takes a number of steps >= 1 (or -1: one epoch of -i), not {self.max_steps}")
-        if self.warmup < 0:
-            raise LlmcError(f"-u takes a number of warmup steps >= 0, not {self.warmup}")
-        if min(self.checkpoint_every, self.checkpoints_keep, self.major_checkpoint_every) < 0:
-            raise LlmcError("-n, -nk and -nm take a number of steps >= 0 (0 = off)")
-        if self.val_every < 0 or self.val_max_steps == 0 or self.val_max_steps < -1:
-            raise LlmcError("-v takes a number of steps >= 0 (0 = no validation) and -m a number of batches "
-                            ">= 1 (or -1: all)")
-        if not self.output_dir and (self.resume or self.checkpoint_every or self.overwrite):
-            raise LlmcError("-y, -n and --overwrite need an output dir -o")
-        if self.resume and self.overwrite:
-            raise LlmcError("-y 1 resumes the run in -o and --overwrite replaces it: give one of them")
+from llmc.core.train_config import TrainConfig
 
 
 @dataclass
@@ -137,28 +76,13 @@ class Trainer:
             raise LlmcError(f"-pn {cfg.num_processes} -pr {cfg.process_rank} differ from the process group's "
                             f"rank {self.group.rank} of {self.group.world}")
         cfg.validate()
-        self.run_dir: RunDir | None = None
+        self.run_dir = RunDir.hold(cfg.output_dir, self.group) if cfg.output_dir else None
         try:
-            self._hold_output_dir()
             self._start(record or {"flags": {}})
         except BaseException:
             if self.run_dir is not None:
                 self.run_dir.release(failed=True)
             raise
-
-    def _hold_output_dir(self) -> None:
-        """Lock -o (rank 0) before anything there is read; every rank stops if rank 0 cannot."""
-        if not self.cfg.output_dir:
-            return
-        refusal = None
-        try:
-            self.run_dir = RunDir(self.cfg.output_dir, self.group.rank)
-        except LlmcError as e:
-            refusal = e
-        if self.group.world > 1 and self.group.host_reduce([float(refusal is not None)], "max")[0]:
-            raise refusal or LlmcError(f"rank 0 could not take the output dir -o {self.cfg.output_dir}")
-        if refusal is not None:
-            raise refusal
 
     def _start(self, record: dict) -> None:
         cfg, backend = self.cfg, self.backend

@@ -42,7 +42,8 @@ def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, gelu_fusion:
 
     from llmc.core import gpu
     from llmc.core.formats import write_shard
-    from llmc.core.train import TrainConfig, Trainer
+    from llmc.core.train import Trainer
+    from llmc.core.train_config import TrainConfig
 
     lines = []
     with tempfile.TemporaryDirectory() as tmp:

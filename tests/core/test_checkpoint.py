@@ -13,7 +13,8 @@ from llmc.core.errors import LlmcError
 from llmc.core.formats import read_model
 from llmc.core.outliers import OutlierDetector
 from llmc.core.rand import MT19937
-from llmc.core.train import TrainConfig, Trainer
+from llmc.core.train import Trainer
+from llmc.core.train_config import TrainConfig
 from llmc.tests.core.training_data import CFG, write_training_data
 
 # the CPU backend posing as one that queues its work: the loop then runs a step ahead of the read-back

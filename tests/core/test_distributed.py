@@ -18,7 +18,8 @@ from llmc.core.distributed import (ALIGN, SingleProcess, exchange_fs, exchange_t
 from llmc.core.errors import LlmcError
 from llmc.core.formats import write_shard
 from llmc.core.outliers import OutlierDetector
-from llmc.core.train import TrainConfig, Trainer
+from llmc.core.train import Trainer
+from llmc.core.train_config import TrainConfig
 from llmc.tests.core.training_data import write_model_and_shards
 
 CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=36)

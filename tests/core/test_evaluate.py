@@ -12,7 +12,8 @@ from llmc.core.evaluate import check_examples, eval_batches, evaluate
 from llmc.core.formats import EvalExample, read_eval_shard, write_eval_shard, write_model, write_shard
 from llmc.core.init import random_init
 from llmc.core.model import GPT
-from llmc.core.train import TrainConfig, Trainer
+from llmc.core.train import Trainer
+from llmc.core.train_config import TrainConfig
 
 CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=32)
 

@@ -12,15 +12,16 @@ from llmc.core.errors import LlmcError
 from llmc.core.formats import read_model, write_model, write_tokenizer
 from llmc.core.init import random_init
 from llmc.core.model import GPT, KVCacheModel
-from llmc.core.train import TrainConfig, Trainer
+from llmc.core.train import Trainer
+from llmc.core.train_config import TrainConfig
 from llmc.tests.core.training_data import CFG, write_training_data
 
 ROOT = Path(__file__).resolve().parents[2]
 # the family-independent code: what it may import of GPT-2 is nothing
-GENERIC = ("core/train.py", "core/checkpoint.py", "core/sample.py", "core/evaluate.py", "core/rundir.py",
+GENERIC = ("core/train.py", "core/train_config.py", "core/checkpoint.py", "core/sample.py", "core/evaluate.py", "core/rundir.py",
            "core/metrics.py", "core/report.py", "cli/flags.py", "cli/commands/sample.py")
 GPT2_MODULES = ("llmc.core.model", "llmc.core.config", "llmc.core.init", "llmc.core.torch_gpt2",
-                "llmc.core.hf_weights")
+                "llmc.core.hf_weights", "llmc.core.export", "llmc.core.hub")
 GPT2_NAMES = {"write_model", "read_model", "read_model_config", "model_header", "MODEL_MAGIC"}  # of core.formats
 
 

@@ -141,7 +141,8 @@ def test_training_samples_as_llmc(tmp_path):
     from llmc.core.config import GPT2_EOT, GPT2_VOCAB, pad_vocab
     from llmc.core.formats import write_model, write_shard
     from llmc.core.sample import load_decoder
-    from llmc.core.train import TrainConfig, Trainer
+    from llmc.core.train import Trainer
+    from llmc.core.train_config import TrainConfig
 
     cfg = GPTConfig(16, GPT2_VOCAB, pad_vocab(GPT2_VOCAB), 1, 2, 16)
     write_model(tmp_path / "m.bin", cfg, random_init(cfg) * 8)
@@ -162,7 +163,8 @@ def test_training_samples_need_a_tokenizer_that_fits(tmp_path, monkeypatch):
     """A model without GPT-2's <|endoftext|> trains without samples, and says whose EOT it lacks; a broken
     tokenizer file stops the start, not the run at its first sample."""
     from llmc.core.formats import write_model, write_shard, write_tokenizer
-    from llmc.core.train import TrainConfig, Trainer
+    from llmc.core.train import Trainer
+    from llmc.core.train_config import TrainConfig
 
     monkeypatch.chdir(tmp_path)
     write_model("m.bin", CFG, random_init(CFG))
