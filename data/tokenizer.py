@@ -1,18 +1,22 @@
 """GPT-2's tokenizer: tiktoken's BPE, built offline from the merge ranks the package ships.
 
 The ranks file is tiktoken's r50k_base (= "gpt2"), checked by sha256; with GPT-2's split regex and
-<|endoftext|> = 50256 the Encoding is exactly tiktoken.get_encoding("gpt2"), with no download.
+<|endoftext|> = 50256 the Encoding is exactly tiktoken.get_encoding("gpt2"), with no download. The
+same ranks rebuild Hugging Face's GPT-2 tokenizer files (vocab.json, merges.txt) for exported checkpoints.
 """
 
 import base64
 import functools
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import tiktoken
 
 from llmc.core.errors import LlmcError
+from llmc.core.formats import atomic_write
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 RANKS_FILE = ASSETS / "gpt2.tiktoken"
@@ -53,3 +57,39 @@ def encode_documents(texts: list[str]) -> tuple[int, np.ndarray]:
         parts += (eot, encode(text))
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
     return len(texts), tokens.astype(np.uint16)
+
+
+def write_hf_tokenizer(out_dir: str | os.PathLike, max_seq_len: int) -> list[Path]:
+    """GPT-2's vocab.json + merges.txt + tokenizer_config.json, rebuilt offline from tiktoken's ranks:
+    each merge is the last pair BPE joins when encoding that token with lower-ranked merges only."""
+    ranks = gpt2_encoding()._mergeable_ranks
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    others = iter(range(256, 512))  # GPT-2's byte-level alphabet: unprintable bytes shift to 256+
+    char = {b: chr(b if b in printable else next(others)) for b in range(256)}
+
+    def text(b: bytes) -> str:
+        return "".join(char[x] for x in b)
+
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        parts = [bytes([x]) for x in token]
+        while len(parts) > 2:
+            i = min(range(len(parts) - 1), key=lambda j: ranks.get(parts[j] + parts[j + 1], rank))
+            parts[i: i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append(f"{text(parts[0])} {text(parts[1])}")
+    vocab = {text(token): rank for token, rank in ranks.items()} | {"<|endoftext|>": EOT}
+    special = "<|endoftext|>"
+    files = {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+        "tokenizer_config.json": json.dumps({"tokenizer_class": "GPT2Tokenizer", "model_max_length": max_seq_len,
+                                             "bos_token": special, "eos_token": special, "unk_token": special,
+                                             "add_prefix_space": False}, indent=2),
+    }
+    out = []
+    for name, content in files.items():
+        with atomic_write(Path(out_dir) / name) as f:
+            f.write(content.encode("utf-8"))
+        out.append(Path(out_dir) / name)
+    return out

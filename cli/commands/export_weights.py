@@ -39,7 +39,7 @@ def command(source: str, outdir: str | None, out_dir: str | None, to_hf: bool, d
       llmc export-weights gpt2 -o . --debug-state
       llmc export-weights --to-hf gpt2_124M.bin hf_gpt2"""
     from llmc.core.errors import LlmcError
-    from llmc.core.hf_weights import export_to_hf, export_to_llmc
+    from llmc.core.export import export_to_hf, export_to_llmc
 
     if outdir and out_dir and outdir != out_dir:
         raise LlmcError(f"two output folders given: {outdir} and -o {out_dir}")

@@ -213,7 +213,7 @@ def test_sharded_checkpoint_from_the_cache(model_bin, hf_dir, tmp_path, monkeypa
     cache_repo(tmp_path / "hub", "nobody/tiny-gpt2", sharded(hf_dir))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr("llmc.core.hf_weights._reachable", lambda url: pytest.fail("a cache hit touched the network"))
+    monkeypatch.setattr("llmc.core.hub._reachable", lambda url: pytest.fail("a cache hit touched the network"))
     result = run("nobody/tiny-gpt2", "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "(from the local cache)" in result.output
@@ -250,7 +250,7 @@ def test_download_only_after_a_cache_miss_and_a_reachable_hub(model_bin, hf_dir,
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "https://hub.example")
     probes = []
-    monkeypatch.setattr("llmc.core.hf_weights._reachable", lambda url: probes.append(url) or True)
+    monkeypatch.setattr("llmc.core.hub._reachable", lambda url: probes.append(url) or True)
     result = run("nobody/tiny-gpt2", "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("downloading nobody/tiny-gpt2 from the Hugging Face hub\n"), result.output
@@ -277,9 +277,9 @@ def test_partly_cached_repo_offline_or_unreachable(hf_dir, tmp_path, monkeypatch
     one_line_error(run("gpt2", "-o", tmp_path / "out"), "openai-community/gpt2", "HF_HUB_OFFLINE",
                    "local Hugging Face folder")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr("llmc.core.hf_weights._reachable", lambda url: False)
+    monkeypatch.setattr("llmc.core.hub._reachable", lambda url: False)
     one_line_error(run("gpt2", "-o", tmp_path / "out"), "cannot be reached", "local Hugging Face folder")
-    monkeypatch.setattr("llmc.core.hf_weights._reachable", lambda url: True)
+    monkeypatch.setattr("llmc.core.hub._reachable", lambda url: True)
     result = run("gpt2", "-o", tmp_path / "out")
     assert result.exit_code == 1 and result.output.splitlines()[-1] == (
         "Error: openai-community/gpt2 has no model.safetensors (llmc reads safetensors only, not pytorch_model.bin)")
