@@ -4,7 +4,9 @@ cuDNN's fused flash attention (SDPA) through nvidia-cudnn-frontend when availabl
 strided views into qkv (no permute kernels), one forward and one backward graph per shape, built
 once. The saved state is the softmax log-sum-exp (B, NH, T). Without cuDNN (or for a shape it
 rejects), a fallback computes the same thing from cuBLASLt batched matmuls over the heads of one
-batch element at a time and the softmax kernels of kernels/attention.cu, keeping the same state.
+batch element at a time and the softmax kernels of kernels/attention.cu, keeping the same state. The
+fallback takes any head size and alignment (cuBLASLt is told the pointers' alignment); cuDNN runs where
+the head size is a multiple of 8 and the tensors are 16-byte aligned (_cudnn_takes).
 """
 
 import functools
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.core.gpu.cublaslt import gemm
-from llmc.core.gpu.runtime import BF16, after_side_work, check, check_arrays, launch, scratch, settle, stream
+from llmc.core.gpu.runtime import BF16, after_side_work, aligned, check, check_arrays, launch, scratch, settle, stream
 
 
 def _import_cudnn():
@@ -76,8 +78,15 @@ def _shape(op: str, qkv, out, stats, num_heads: int) -> Shape:
     check(num_heads > 0 and C % num_heads == 0, f"{op}: {C} channels not divisible by {num_heads} heads")
     check(out.shape == (B, T, C), f"{op}: attention output must be ({B}, {T}, {C})")
     check(stats.shape == (B, num_heads, T), f"{op}: stats must be {attention_stats_shape(B, T, num_heads)}")
-    check((C // num_heads) % 8 == 0, f"{op}: head size {C // num_heads} must be a multiple of 8")
     return Shape(B, T, num_heads, C // num_heads)
+
+
+def _cudnn_takes(s: Shape, *arrays) -> bool:
+    """cuDNN's fused attention moves 16-byte vectors of bf16: every bf16 tensor's start (q, k and v lie
+    2C bytes apart in a qkv row) and every stride (the head size) must be a multiple of 16 bytes. (Its fp32
+    stats may start at any 4-byte offset: the same results, measured.) A shape cuDNN rejects besides (a
+    head size it has no kernel for) is found when its graph is built (_cudnn)."""
+    return s.HS % 8 == 0 and aligned(*arrays)
 
 
 # ----------------------------------------------------------------------------- cuDNN
@@ -147,10 +156,10 @@ _sdpa: dict[Shape, _CudnnSdpa] = {}
 _rejected: set[tuple[Shape, str]] = set()
 
 
-def _cudnn(s: Shape, direction: str) -> _CudnnSdpa | None:
+def _cudnn(s: Shape, direction: str, *arrays) -> _CudnnSdpa | None:
     """The shape's cuDNN graphs with `direction` built, or None (the fallback runs) where cuDNN
-    is absent or rejects the shape."""
-    if BACKEND != "cudnn" or (s, direction) in _rejected:
+    is absent or rejects the shape or the bf16 arrays' alignment."""
+    if BACKEND != "cudnn" or (s, direction) in _rejected or not _cudnn_takes(s, *arrays):
         return None
     sdpa = _sdpa.get(s) or _sdpa.setdefault(s, _CudnnSdpa(s))
     if getattr(sdpa, {"forward": "fwd", "backward": "bwd"}[direction]) is None:
@@ -217,7 +226,7 @@ def _fallback_backward(s: Shape, dqkv, dout, qkv, stats) -> None:
 def attention_forward(out, stats, qkv, num_heads: int) -> None:
     """Causal attention, scale 1/sqrt(HS): out (B,T,C) from qkv (B,T,3C); stats (B,NH,T) log-sum-exp."""
     s = _shape("attention_forward", qkv, out, stats, num_heads)
-    sdpa = _cudnn(s, "forward")
+    sdpa = _cudnn(s, "forward", qkv, out)
     if sdpa is not None:
         sdpa.forward(out, stats, qkv)
     else:
@@ -230,7 +239,7 @@ def attention_backward(dqkv, dout, qkv, out, stats, num_heads: int) -> None:
     check_arrays("attention_backward", BF16, dqkv, dout)
     check(dqkv.shape == qkv.shape and dout.shape == out.shape, "attention_backward: gradient shapes differ")
     settle(reads=(dout, qkv, out, stats), writes=(dqkv,))
-    sdpa = _cudnn(s, "backward")
+    sdpa = _cudnn(s, "backward", dqkv, dout, qkv, out)
     if sdpa is not None:
         sdpa.backward(dqkv, dout, qkv, out, stats)
     else:

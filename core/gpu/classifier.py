@@ -4,7 +4,7 @@ host by the loop) rather than a device-to-host read here, which a CUDA graph can
 
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, DEVICE, NUM_SMS, after_side_work, check, check_arrays, launch, rows
+from llmc.core.gpu.runtime import BF16, DEVICE, NUM_SMS, after_side_work, check, check_arrays, launch, pack_width, rows
 
 THREADS = 1024
 SHARED_MEM = DEVICE.attributes["MaxSharedMemoryPerBlockOptin"] - 1024  # room for the kernel's static arrays
@@ -21,12 +21,12 @@ def softmax_crossentropy(losses, logits, targets, vocab_size: int, dloss: float 
     N, Vp = rows(logits)
     check(losses.size == N and targets.size == N, f"{op}: losses and targets need {N} entries")
     check(0 < vocab_size <= Vp, f"{op}: vocab size {vocab_size} outside (0, {Vp}]")
-    check(Vp % 8 == 0, f"{op}: padded vocab {Vp} must be a multiple of 8")
-    if dloss is not None and 2 * 2 * Vp <= SHARED_MEM:  # two rows in shared memory: the persistent kernel
+    pack = pack_width(Vp, logits)  # 8 unless Vp (a multiple of 128 in llm.c's files) is not a multiple of 8
+    if dloss is not None and pack == 8 and 2 * 2 * Vp <= SHARED_MEM:  # two rows in shared memory: persistent
         launch("classifier", "softmax_crossentropy_train", min(N, NUM_SMS), THREADS,
                (losses, logits, targets, np.int32(N), np.int32(vocab_size), np.int32(Vp), np.float32(dloss)),
                shared_mem=2 * 2 * Vp)
         return
     launch("classifier", "softmax_crossentropy", N, THREADS,
            (losses, logits, targets, np.int32(vocab_size), np.int32(Vp),
-            np.float32(0.0 if dloss is None else dloss), np.int32(dloss is not None)))
+            np.float32(0.0 if dloss is None else dloss), np.int32(dloss is not None)), pack=pack)

@@ -4,8 +4,8 @@ projection bias gradients into layernorm backward (its dproj_bias), so neither c
 
 import numpy as np
 
-from llmc.core.gpu.runtime import (BF16, NUM_SMS, after_side_work, cdiv, check, check_arrays, launch, ptr, rows, scratch,
-                                   settle)
+from llmc.core.gpu.runtime import (BF16, NUM_SMS, after_side_work, cdiv, check, check_arrays, launch, pack_width, ptr,
+                                   rows, scratch, settle)
 
 ROWS_PER_BLOCK = 8  # forward: one warp per row
 BWD_WARPS = 8  # backward: warps per block, each with 2*C (3*C with dproj_bias) floats of shared memory
@@ -19,7 +19,6 @@ def _check(op: str, out, mean, rstd, inp, weight, bias) -> tuple[int, int]:
     check(out.shape == inp.shape, f"{op}: output {tuple(out.shape)} differs from input {tuple(inp.shape)}")
     check(weight.shape == (C,) and bias.shape == (C,), f"{op}: weight and bias must be ({C},)")
     check(mean.size == N and rstd.size == N, f"{op}: mean and rstd need {N} entries")
-    check(C % 8 == 0, f"{op}: channels {C} must be a multiple of 8")
     return N, C
 
 
@@ -28,7 +27,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias) -> None:
     """out (B,T,C) = (inp - mean) * rstd * weight + bias, eps 1e-5; saves mean, rstd (B,T)."""
     N, C = _check("layernorm_forward", out, mean, rstd, inp, weight, bias)
     launch("layernorm", "layernorm_forward", cdiv(N, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK,
-           (out, mean, rstd, inp, weight, bias, np.int32(N), np.int32(C)))
+           (out, mean, rstd, inp, weight, bias, np.int32(N), np.int32(C)), pack=pack_width(C, out, inp, weight, bias))
 
 
 @after_side_work
@@ -36,9 +35,9 @@ def residual_forward(out, inp1, inp2) -> None:
     """out = inp1 + inp2."""
     check_arrays("residual_forward", BF16, out, inp1, inp2)
     check(out.shape == inp1.shape == inp2.shape, "residual_forward: shapes differ")
-    check(out.size % 8 == 0, "residual_forward: size must be a multiple of 8")
-    n8 = out.size // 8
-    launch("residual", "residual_forward", cdiv(n8, 256), 256, (out, inp1, inp2, np.int64(n8)))
+    pack = pack_width(out.size, out, inp1, inp2)
+    packs = out.size // pack
+    launch("residual", "residual_forward", cdiv(packs, 256), 256, (out, inp1, inp2, np.int64(packs)), pack=pack)
 
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dproj_bias=None) -> None:
@@ -54,8 +53,10 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dpro
     per_sm = max(1, min(BWD_BLOCKS_PER_SM, (227 * 1024) // (smem + 1024)))  # registers, shared memory
     blocks = max(1, min(cdiv(N, BWD_WARPS), NUM_SMS * per_sm))
     partial = scratch("layernorm_partial", blocks * sums * C * 4)
+    pack = pack_width(C, dinp, dout, inp, weight)  # the reduce writes dweight, dbias, dproj_bias one by one
     settle(reads=(dout, inp, weight, mean, rstd), writes=(dinp, dweight, dbias, dproj_bias))
     launch("layernorm", "layernorm_backward", blocks, 32 * BWD_WARPS,
-           (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C), np.int32(sums)), shared_mem=smem)
+           (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C), np.int32(sums)), shared_mem=smem,
+           pack=pack)
     launch("layernorm", "layernorm_backward_reduce", cdiv(sums * C, 32), (32, 8),
-           (dweight, dbias, ptr(dproj_bias), partial, np.int32(blocks), np.int32(C), np.int32(sums)))
+           (dweight, dbias, ptr(dproj_bias), partial, np.int32(blocks), np.int32(C), np.int32(sums)), pack=pack)

@@ -6,16 +6,21 @@ GEMM by more than the separate kernel costs.)
 
 Backward's bias-gradient kernel (memory-bound) runs beside the stream (runtime.beside), overlapping
 the weight and input-gradient GEMMs (compute-bound); nothing needs the bias gradient before the
-optimizer. (The weight-gradient GEMMs beside as well measured no faster: two GEMMs only share the SMs.)"""
+optimizer. (The weight-gradient GEMMs beside as well measured no faster: two GEMMs only share the SMs.)
+
+Any shape: cuBLASLt's plain GEMMs take unaligned pointers and leading dimensions (gemm tells its heuristic
+the pointers' alignment). Where its bias and GELU epilogues do not take the operands (_epilogue_takes), the
+GEMM runs plain and kernels add the bias (kernels/matmul.cu) and the GELU (gelu.py)."""
 
 import numpy as np
 
 from llmc.core.gpu.cublaslt import Epilogue, gemm
+from llmc.core.gpu.gelu import gelu_backward, gelu_forward
 from llmc.core.gpu.gelu_gemm import gelu_gemm
-from llmc.core.gpu.runtime import (BF16, NUM_SMS, beside, cdiv, check, check_arrays, launch, rows,
-                                   scratch, settle)
+from llmc.core.gpu.runtime import (BF16, NUM_SMS, aligned, beside, cdiv, check, check_arrays, launch, pack_width,
+                                   rows, scratch, settle)
 
-BIAS_COLS, BIAS_WARPS = 256, 8  # kernels/matmul.cu's block tile
+BIAS_WARPS = 8  # kernels/matmul.cu's block tile: BIAS_WARPS rows of 32 packs
 
 
 def _check_shapes(op: str, out, inp, weight, bias, pre_gelu) -> tuple[int, int, int]:
@@ -24,8 +29,15 @@ def _check_shapes(op: str, out, inp, weight, bias, pre_gelu) -> tuple[int, int, 
     check(rows(out) == (N, OC), f"{op}: output {tuple(out.shape)} does not match ({N}, {OC})")
     check(bias is None or bias.shape == (OC,), f"{op}: bias must have shape ({OC},)")
     check(pre_gelu is None or pre_gelu.shape == out.shape, f"{op}: pre_gelu must have the output's shape")
-    check(C % 8 == 0 and OC % 8 == 0, f"{op}: channels {C} and {OC} must be multiples of 8")
     return N, C, OC
+
+
+def _epilogue_takes(ld: int, *arrays) -> bool:
+    """cuBLASLt's bias and GELU epilogues are used where the output and the epilogue's operands (bias,
+    pre-GELU) start 16-byte aligned in rows of a multiple of 8 elements, as at every shape with C a multiple
+    of 8. (On the H200 a bias at a 2-byte offset gave CUBLAS_STATUS_NOT_SUPPORTED, where output and inputs
+    at 2-byte offsets ran; cuBLASLt's documentation wants EPILOGUE_AUX_LD a multiple of 8.)"""
+    return ld % 8 == 0 and aligned(*arrays)
 
 
 def matmul_forward(out, inp, weight, bias, pre_gelu=None, residual=None) -> None:
@@ -35,21 +47,35 @@ def matmul_forward(out, inp, weight, bias, pre_gelu=None, residual=None) -> None
     N, C, OC = _check_shapes("matmul_forward", out, inp, weight, bias, pre_gelu)
     check(residual is None or (pre_gelu is None and residual.shape == out.shape),
           "matmul_forward: a residual must have the output's shape and cannot follow the GELU")
-    if pre_gelu is not None:
+    fused = _epilogue_takes(OC, out, bias, pre_gelu)  # else a plain GEMM, then the bias and GELU kernels
+    if not fused:
+        epilogue = Epilogue.DEFAULT
+    elif pre_gelu is not None:
         epilogue = Epilogue.GELU_AUX_BIAS if bias is not None else Epilogue.GELU_AUX
     else:
         epilogue = Epilogue.BIAS if bias is not None else Epilogue.DEFAULT
+    product = out if pre_gelu is None or fused else pre_gelu  # unfused, the GELU kernel reads it from pre_gelu
+    bias_ptr = bias.data.ptr if bias is not None and fused else 0
+    aux_ptr, aux_ld = (pre_gelu.data.ptr, OC) if pre_gelu is not None and fused else (0, 0)
     settle(reads=(inp, weight, bias, residual), writes=(out, pre_gelu))
 
     def with_cublaslt() -> None:
-        gemm(out.data.ptr, inp.data.ptr, weight.data.ptr, N, OC, C, lda=C, ldb=C, ldd=OC, trans_b=True,
-             epilogue=epilogue, bias=0 if bias is None else bias.data.ptr,
-             aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=OC if pre_gelu is not None else 0,
+        gemm(product.data.ptr, inp.data.ptr, weight.data.ptr, N, OC, C, lda=C, ldb=C, ldd=OC, trans_b=True,
+             epilogue=epilogue, bias=bias_ptr, aux=aux_ptr, aux_ld=aux_ld,
              beta=0.0 if residual is None else 1.0, c=0 if residual is None else residual.data.ptr)
-    if epilogue == Epilogue.GELU_AUX_BIAS:
+    # cuDNN's graph is built per shape, not per pointer: only for 16-byte aligned operands and rows
+    if epilogue == Epilogue.GELU_AUX_BIAS and C % 8 == 0 and aligned(inp, weight):
         gelu_gemm(out, pre_gelu, inp, weight, bias, with_cublaslt)
     else:
         with_cublaslt()
+    if not fused:
+        if bias is not None:
+            pack = pack_width(OC, product, bias)
+            packs = product.size // pack
+            launch("matmul", "bias_forward", cdiv(packs, 256), 256, (product, bias, np.int64(packs), np.int32(OC)),
+                   pack=pack)
+        if pre_gelu is not None:
+            gelu_forward(out, pre_gelu)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> None:
@@ -65,17 +91,21 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> N
         beside(lambda on: bias_backward(dbias, dout, N, OC, on), reads=(dout,), writes=(dbias,))
     gemm(dweight.data.ptr, dout.data.ptr, inp.data.ptr, OC, C, N, lda=OC, ldb=C, ldd=C, trans_a=True, beta=1.0)
     # dinp last: the next layer's backward reads it right away, from L2 if nothing evicted it
+    fused = pre_gelu is not None and _epilogue_takes(C, dinp, pre_gelu)
     gemm(dinp.data.ptr, dout.data.ptr, weight.data.ptr, N, C, OC, lda=OC, ldb=C, ldd=C,
-         epilogue=Epilogue.DEFAULT if pre_gelu is None else Epilogue.DGELU,
-         aux=0 if pre_gelu is None else pre_gelu.data.ptr, aux_ld=C if pre_gelu is not None else 0)
+         epilogue=Epilogue.DGELU if fused else Epilogue.DEFAULT,
+         aux=pre_gelu.data.ptr if fused else 0, aux_ld=C if fused else 0)
+    if pre_gelu is not None and not fused:
+        gelu_backward(dinp, pre_gelu, dinp)
 
 
 def bias_backward(dbias, dout, N: int, OC: int, on=None) -> None:
     """dbias (OC) += dout (N, OC) summed over rows, via fp32 partials per row slice."""
-    tiles = cdiv(OC, BIAS_COLS)
+    pack = pack_width(OC, dout)
+    tiles = cdiv(OC, 32 * pack)
     slices = max(1, min(cdiv(N, BIAS_WARPS), cdiv(4 * NUM_SMS, tiles)))  # ~4 blocks per SM
     partial = scratch("bias_partial", slices * OC * 4)
     launch("matmul", "bias_backward_partial", (tiles, slices), (32, BIAS_WARPS),
-           (partial, dout, np.int32(N), np.int32(OC)), on=on)
+           (partial, dout, np.int32(N), np.int32(OC)), on=on, pack=pack)
     launch("matmul", "bias_backward_reduce", cdiv(OC, 32), (32, 8), (dbias, partial, np.int32(slices), np.int32(OC)),
-           on=on)
+           on=on, pack=pack)

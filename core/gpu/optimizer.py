@@ -1,4 +1,6 @@
-"""AdamW and the squared global gradient norm (kernels/adamw.cu, kernels/global_norm.cu)."""
+"""AdamW and the squared global gradient norm (kernels/adamw.cu, kernels/global_norm.cu), over the flat
+parameter and gradient buffers, which start 16-byte aligned (ZeRO shards too: core/distributed.ALIGN),
+so these kernels keep to 8-wide packs."""
 
 import functools
 
@@ -14,7 +16,7 @@ NORM_BLOCKS = 4 * NUM_SMS
 @after_side_work
 def global_norm_squared(out, grads) -> None:
     """out (1,) fp32 = sum of grads**2 (grads flat)."""
-    check_arrays("global_norm_squared", BF16, grads)
+    check_arrays("global_norm_squared", BF16, grads, align=16)
     check_arrays("global_norm_squared", np.float32, out)
     check(out.size >= 1, "global_norm_squared: out needs one element")
     partial = scratch("norm_partial", NORM_BLOCKS * 4)
@@ -37,8 +39,9 @@ def adamw_update(param, grad, m, v, master, *, hp: AdamW, step: int, grad_scale:
     bits hashed from (element index, seed). With norm_squared (1,) fp32, clipped to max_norm on the
     device, nothing changed where that norm is not finite."""
     op = "adamw_update"
-    check_arrays(op, BF16, param, grad)
-    check_arrays(op, np.float32, m, v, master, norm_squared)
+    check_arrays(op, BF16, param, grad, align=16)
+    check_arrays(op, np.float32, m, v, master, align=16)
+    check_arrays(op, np.float32, norm_squared)
     check(all(a.size == param.size for a in (grad, m, v, master) if a is not None), f"{op}: sizes differ")
     check(step >= 1, f"{op}: step counts from 1")
     n = param.size

@@ -140,20 +140,21 @@ def _source(path: Path) -> str:
 
 
 @functools.cache
-def _module(name: str) -> "cp.RawModule":
-    return cp.RawModule(code=_source(KERNELS / f"{name}.cu"), options=("-std=c++17",))
+def _module(name: str, pack: int) -> "cp.RawModule":
+    return cp.RawModule(code=_source(KERNELS / f"{name}.cu"), options=("-std=c++17", f"-DPACK={pack}"))
 
 
 @functools.cache
-def kernel(file: str, name: str) -> "cp.RawKernel":
-    """The extern "C" kernel `name` of core/gpu/kernels/<file>.cu, compiled once (cached on disk)."""
-    return _module(file).get_function(name)
+def kernel(file: str, name: str, pack: int = 8) -> "cp.RawKernel":
+    """The extern "C" kernel `name` of core/gpu/kernels/<file>.cu built for packs of `pack` bf16
+    (common.cuh's PACK), compiled once per width (cached on disk)."""
+    return _module(file, pack).get_function(name)
 
 
 def launch(file: str, name: str, grid: int | tuple, block: int | tuple, args: tuple, shared_mem: int = 0,
-           on: "cp.cuda.Stream | None" = None) -> None:
-    """Launch a kernel on the backend's stream (or `on`)."""
-    k = kernel(file, name)
+           on: "cp.cuda.Stream | None" = None, pack: int = 8) -> None:
+    """Launch a kernel, built for packs of `pack` bf16 (pack_width), on the backend's stream (or `on`)."""
+    k = kernel(file, name, pack)
     if shared_mem > 48 * 1024 and k.max_dynamic_shared_size_bytes < shared_mem:
         k.max_dynamic_shared_size_bytes = shared_mem
     grid = grid if isinstance(grid, tuple) else (grid,)
@@ -193,15 +194,32 @@ def check(ok: bool, message: str) -> None:
         raise LlmcError(message)
 
 
-def check_arrays(op: str, dtype, *arrays) -> None:
-    """Each array is a contiguous CuPy array of dtype (None entries skipped), 16-byte aligned."""
+def check_arrays(op: str, dtype, *arrays, align: int = 1) -> None:
+    """Each array is a contiguous CuPy array of dtype (None entries skipped) starting at a multiple of
+    `align` bytes. Kernels over views at any offset (the model's per-layer slices) take align 1 and
+    choose their access width from the pointers (pack_width)."""
     for a in arrays:
         if a is None:
             continue
         check(isinstance(a, cp.ndarray), f"{op}: expected a CuPy array, got {type(a).__name__}")
         check(a.dtype == dtype, f"{op}: expected {np.dtype(dtype).name} arrays, got {a.dtype.name}")
         check(a.flags.c_contiguous, f"{op}: arrays must be contiguous")
-        check(a.data.ptr % 16 == 0, f"{op}: arrays must be 16-byte aligned")
+        check(a.data.ptr % align == 0, f"{op}: arrays must be {align}-byte aligned")
+
+
+def aligned(*arrays, to: int = 16) -> bool:
+    """Every array (None entries skipped) starts at a multiple of `to` bytes."""
+    return all(a.data.ptr % to == 0 for a in arrays if a is not None)
+
+
+def pack_width(row: int, *arrays) -> int:
+    """The bf16 per vector access (kernels/common.cuh's PACK) for rows of `row` elements of the bf16
+    arrays: 8 (16 bytes) where row and every array's start allow it, as at every shape with C a
+    multiple of 8, else the widest of 4, 2 and 1 that they allow."""
+    for pack in (8, 4, 2):
+        if row % pack == 0 and aligned(*arrays, to=2 * pack):
+            return pack
+    return 1
 
 
 def rows(x) -> tuple[int, int]:

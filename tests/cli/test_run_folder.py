@@ -238,15 +238,17 @@ def test_tensorboard_events(data, tmp_path):
 
 
 def test_wandb_offline(data, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "out"
     assert train(*args(data, out, "-x", 4, "-n", 2, "--wandb-project", "llmc-test")).exit_code == 0
     run_id = json.loads((out / "config.json").read_text())["wandb_run_id"]
+    wandb.teardown()  # W&B's service writes the run file in the background: wait for it
     files = list((out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(files) == 1 and b"train_loss" in files[0].read_bytes() and b"val_loss" in files[0].read_bytes()
     # a resumed run logs to the same W&B run
     assert train(*args(data, out, "-x", 6, "-n", 2, "-y", 1, "--wandb-project", "llmc-test")).exit_code == 0
     assert json.loads((out / "config.json").read_text())["wandb_run_id"] == run_id
-    assert len(list((out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))) == 2
+    wandb.teardown()
+    assert {p.parent.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*/run-*.wandb")} == {run_id}

@@ -4,6 +4,9 @@
 // of (element index, seed): reproducible for a given seed.
 #include "common.cuh"
 
+// the whole flat buffers, 16-byte aligned (ZeRO shards start at multiples of 8 elements): always 8-wide
+static_assert(PACK == 8, "adamw.cu reads 8-element packs of bf16 and fp32");
+
 // fp32 -> bf16, rounding up with probability equal to the dropped fraction
 __device__ __forceinline__ bf16 stochastic_round(float x, unsigned long i, unsigned int seed) {
     unsigned int bits = __float_as_uint(x);
@@ -45,12 +48,12 @@ extern "C" __global__ void adamw_update(bf16* param, float* master, const bf16* 
     long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
     if (i + PACK <= n) {
         float p[PACK], g[PACK], mm[PACK], vv[PACK];
-        load8_cs(g, grad + i);
+        load_bf16_cs(g, grad + i);
         if (master) {
             *reinterpret_cast<float4*>(p) = __ldcs(reinterpret_cast<const float4*>(master + i));
             *reinterpret_cast<float4*>(p + 4) = __ldcs(reinterpret_cast<const float4*>(master + i + 4));
         } else {
-            load8_cs(p, param + i);
+            load_bf16_cs(p, param + i);
         }
         *reinterpret_cast<float4*>(mm) = __ldcs(reinterpret_cast<const float4*>(m + i));
         *reinterpret_cast<float4*>(mm + 4) = __ldcs(reinterpret_cast<const float4*>(m + i + 4));
@@ -67,7 +70,7 @@ extern "C" __global__ void adamw_update(bf16* param, float* master, const bf16* 
         if (master) {
             __stcs(reinterpret_cast<float4*>(master + i), *reinterpret_cast<float4*>(p));
             __stcs(reinterpret_cast<float4*>(master + i + 4), *reinterpret_cast<float4*>(p + 4));
-            store8(param + i, p);
+            store_bf16(param + i, p);
         } else {
             uint4 raw;
             bf16* out = reinterpret_cast<bf16*>(&raw);

@@ -1,6 +1,6 @@
 // The fused classifier: per row of logits (Vp), loss = logsumexp(logits[:V]) - logits[target]
 // and, in training, the row overwritten in place by (softmax - onehot(target)) * dloss with the
-// padded columns [V, Vp) zeroed. Probabilities are never stored. 8 logits per 128-bit access.
+// padded columns [V, Vp) zeroed. Probabilities are never stored. PACK logits per access (8: 128-bit).
 #include "common.cuh"
 #include <cuda_fp16.h>
 
@@ -57,7 +57,7 @@ __device__ __forceinline__ void store_dlogits(bf16* x, int p, const float (&v)[P
                                               float inv, float dloss) {
     float g[PACK];
     pack_dlogits(g, v, p * PACK, V, target, m, inv, dloss);
-    __stcs(reinterpret_cast<uint4*>(x) + p, pack8(g));  // streamed: the GEMMs read dlogits much later
+    __stcs(reinterpret_cast<pack_t*>(x) + p, pack_bf16(g));  // streamed: the GEMMs read dlogits much later
 }
 
 // -log softmax(row)[target] from the row's (max, sum of exp); NaN for a target outside [0, V)
@@ -65,15 +65,15 @@ __device__ __forceinline__ float row_loss(float m, float s, int target, int V, c
     return target >= 0 && target < V ? m + logf(s) - __bfloat162float(row[target]) : QNAN;
 }
 
-// Streaming version (inference, or rows too long for shared memory): one pass keeps a running
-// (max, sum), the gradient pass (with write_grad) re-reads the row from global memory.
+// Streaming version (inference, rows too long for shared memory, or packs narrower than 8): one pass
+// keeps a running (max, sum), the gradient pass (with write_grad) re-reads the row from global memory.
 extern "C" __global__ void softmax_crossentropy(float* losses, bf16* logits, const int* targets, int V, int Vp,
                                                 float dloss, int write_grad) {
     bf16* x = logits + (long)blockIdx.x * Vp;
     int packs = Vp / PACK, packs_v = (V + PACK - 1) / PACK;
     float m = NEG_INF, s = 0.0f, v[PACK];
     for (int p = threadIdx.x; p < packs_v; p += blockDim.x) {
-        load8(v, x + p * PACK);
+        load_bf16(v, x + p * PACK);
         float vm = pack_max(v, p * PACK, V);
         softmax_merge(m, s, vm, pack_exp_sum(v, p * PACK, V, vm));
     }
@@ -85,7 +85,7 @@ extern "C" __global__ void softmax_crossentropy(float* losses, bf16* logits, con
     __syncthreads();  // x[target] is read above before any thread overwrites it
     float inv = 1.0f / s;
     for (int p = threadIdx.x; p < packs; p += blockDim.x) {
-        if (p < packs_v) load8(v, x + p * PACK);
+        if (p < packs_v) load_bf16(v, x + p * PACK);
         store_dlogits(x, p, v, V, target, m, inv, dloss);  // padding packs: v unused, zeros written
     }
 }
@@ -98,7 +98,9 @@ extern "C" __global__ void softmax_crossentropy(float* losses, bf16* logits, con
 // one exp per logit, not two, and no per-logit bounds or target tests (the kernel is near compute-
 // bound at the power cap). The target's own gradient, p - 1, is taken from its fp32 exp (no
 // cancellation of an fp16 p near 1). Every thread reads only the packs it copied itself; the owner of
-// the target's pack writes the row's loss.
+// the target's pack writes the row's loss. 16-byte packs only (cp.async copies them, the passes use
+// their bf16x2 halves): the launcher takes it at PACK 8.
+#if PACK == 8
 #define EXP_SCALE_LOG2 15.0f
 
 __device__ __forceinline__ float exp2_approx(float x) {
@@ -156,14 +158,14 @@ softmax_crossentropy_train(float* losses, bf16* logits, const int* targets, int 
                 __nv_bfloat162 h2 = __hmax2(__hmax2(h[0], h[1]), __hmax2(h[2], h[3]));
                 m = fmaxf(m, fmaxf(__low2float(h2), __high2float(h2)));
             } else {
-                unpack8(v, row[p]);
+                unpack_bf16(v, row[p]);
                 m = fmaxf(m, pack_max(v, p * PACK, V));
             }
         }
         m = block_max(m, shared);
         float shift = EXP_SCALE_LOG2 - m * log2e, s = 0.0f;  // exp(x - m) 2^15 = 2^(x log2e + shift)
         for (int p = threadIdx.x; p < packs_v; p += blockDim.x) {
-            unpack8(v, row[p]);
+            unpack_bf16(v, row[p]);
             if (p < full_packs) exp_pack(v, PACK, log2e, shift);
             else exp_pack(v, V - p * PACK, log2e, shift);
             uint4 out;
@@ -193,3 +195,4 @@ softmax_crossentropy_train(float* losses, bf16* logits, const int* targets, int 
         __syncthreads();  // everyone is done with this buffer before the next iteration refills it
     }
 }
+#endif

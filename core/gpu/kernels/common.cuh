@@ -1,4 +1,4 @@
-// Shared helpers for llmc's bf16 kernels: 128-bit packs of 8 bf16, warp/block reductions.
+// Shared helpers for llmc's bf16 kernels: packs of PACK bf16 moved in one access, warp/block reductions.
 // Inlined into every kernel file by llmc.core.gpu.runtime (so the kernel cache sees its text).
 #pragma once
 #include <cuda_bf16.h>
@@ -6,42 +6,66 @@
 typedef __nv_bfloat16 bf16;
 
 #define WARP_SIZE 32
-#define PACK 8  // bf16 per 128-bit access
 #define NEG_INF __int_as_float(0xff800000)
 #define QNAN __int_as_float(0x7fc00000)
 
-// widen 8 bf16 held in one 128-bit register to fp32
-__device__ __forceinline__ void unpack8(float (&out)[PACK], uint4 raw) {
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+// bf16 per vector access: 8 (128-bit), the width every aligned shape takes. runtime.launch compiles a
+// file again with -DPACK=4, 2 or 1 for a launch whose rows or pointers are not 16-byte aligned (an odd
+// channel count, a per-layer view at an odd offset): the same kernels, on narrower accesses.
+#ifndef PACK
+#define PACK 8
+#endif
+static_assert(PACK == 8 || PACK == 4 || PACK == 2 || PACK == 1, "PACK is 8, 4, 2 or 1 bf16");
+
+// the register one pack travels in (PACK * 2 bytes)
+template <int N> struct PackBits;
+template <> struct PackBits<8> { typedef uint4 type; };
+template <> struct PackBits<4> { typedef uint2 type; };
+template <> struct PackBits<2> { typedef unsigned int type; };
+template <> struct PackBits<1> { typedef unsigned short type; };
+typedef PackBits<PACK>::type pack_t;
+
+// one pack's raw bits (aligned to its size), cached or streamed (data read exactly once: kept out of
+// the way in L1/L2)
+__device__ __forceinline__ pack_t load_raw(const bf16* p) { return *reinterpret_cast<const pack_t*>(p); }
+__device__ __forceinline__ pack_t load_raw_cs(const bf16* p) { return __ldcs(reinterpret_cast<const pack_t*>(p)); }
+
+// widen the PACK bf16 held in one register to fp32
+__device__ __forceinline__ void unpack_bf16(float (&out)[PACK], pack_t raw) {
+    if constexpr (PACK == 1) {
+        out[0] = __bfloat162float(*reinterpret_cast<const bf16*>(&raw));
+    } else {
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
-    for (int i = 0; i < PACK / 2; i++) {
-        float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
+        for (int i = 0; i < PACK / 2; i++) {
+            float2 f = __bfloat1622float2(h[i]);
+            out[2 * i] = f.x;
+            out[2 * i + 1] = f.y;
+        }
     }
 }
 
-// load 8 bf16 (16-byte aligned) as fp32
-__device__ __forceinline__ void load8(float (&out)[PACK], const bf16* p) {
-    unpack8(out, *reinterpret_cast<const uint4*>(p));
-}
+// load a pack as fp32
+__device__ __forceinline__ void load_bf16(float (&out)[PACK], const bf16* p) { unpack_bf16(out, load_raw(p)); }
+__device__ __forceinline__ void load_bf16_cs(float (&out)[PACK], const bf16* p) { unpack_bf16(out, load_raw_cs(p)); }
 
-// streaming variant for data read exactly once (keeps it out of the way in L1/L2)
-__device__ __forceinline__ void load8_cs(float (&out)[PACK], const bf16* p) {
-    unpack8(out, __ldcs(reinterpret_cast<const uint4*>(p)));
-}
-
-// round 8 fp32 to bf16 (nearest even) in one 128-bit register
-__device__ __forceinline__ uint4 pack8(const float (&in)[PACK]) {
-    uint4 raw;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+// round PACK fp32 to bf16 (nearest even) in one register
+__device__ __forceinline__ pack_t pack_bf16(const float (&in)[PACK]) {
+    pack_t raw;
+    if constexpr (PACK == 1) {
+        *reinterpret_cast<bf16*>(&raw) = __float2bfloat16(in[0]);
+    } else {
+        __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
 #pragma unroll
-    for (int i = 0; i < PACK / 2; i++) h[i] = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
+        for (int i = 0; i < PACK / 2; i++) h[i] = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
+    }
     return raw;
 }
 
-// round 8 fp32 to bf16 and store 16 bytes
-__device__ __forceinline__ void store8(bf16* p, const float (&in)[PACK]) { *reinterpret_cast<uint4*>(p) = pack8(in); }
+// round PACK fp32 to bf16 and store them in one access
+__device__ __forceinline__ void store_bf16(bf16* p, const float (&in)[PACK]) {
+    *reinterpret_cast<pack_t*>(p) = pack_bf16(in);
+}
 
 // 16-byte asynchronous copies global -> shared (sm_80+), in commit groups
 __device__ __forceinline__ void copy_async16(void* shared, const void* global) {

@@ -2,14 +2,14 @@
 // gradient rows are summed in position order).
 #include "common.cuh"
 
-// out (N,C) = wte[inp[n]] + wpe[n % T]; one thread per 8 channels. Token ids outside [0, Vp)
+// out (N,C) = wte[inp[n]] + wpe[n % T]; one thread per pack of PACK channels. Token ids outside [0, Vp)
 // give NaN rows (the loss then turns NaN and the loop stops) instead of a wild read.
 extern "C" __global__ void encoder_forward(bf16* out, const int* inp, const bf16* wte, const bf16* wpe,
                                            int N, int T, int C, int Vp) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    int C8 = C / PACK;
-    if (idx >= (long)N * C8) return;
-    int n = idx / C8, c = (idx % C8) * PACK;
+    int packs = C / PACK;
+    if (idx >= (long)N * packs) return;
+    int n = idx / packs, c = (idx % packs) * PACK;
     int t = n % T, tok = inp[n];
     float o[PACK];
     if (tok < 0 || tok >= Vp) {
@@ -17,28 +17,28 @@ extern "C" __global__ void encoder_forward(bf16* out, const int* inp, const bf16
         for (int k = 0; k < PACK; k++) o[k] = QNAN;
     } else {
         float a[PACK], b[PACK];
-        load8(a, wte + (long)tok * C + c);
-        load8(b, wpe + (long)t * C + c);
+        load_bf16(a, wte + (long)tok * C + c);
+        load_bf16(b, wpe + (long)t * C + c);
 #pragma unroll
         for (int k = 0; k < PACK; k++) o[k] = a[k] + b[k];
     }
-    store8(out + (long)n * C + c, o);
+    store_bf16(out + (long)n * C + c, o);
 }
 
-// dwpe[t] += sum over b of dout[b, t]; one thread per (t, 8 channels), summed in a fixed order.
+// dwpe[t] += sum over b of dout[b, t]; one thread per (t, pack of channels), summed in a fixed order.
 extern "C" __global__ void encoder_backward_wpe(bf16* dwpe, const bf16* dout, int B, int T, int C) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    int C8 = C / PACK;
-    if (idx >= (long)T * C8) return;
-    int t = idx / C8, c = (idx % C8) * PACK;
+    int packs = C / PACK;
+    if (idx >= (long)T * packs) return;
+    int t = idx / packs, c = (idx % packs) * PACK;
     float acc[PACK], d[PACK];
-    load8(acc, dwpe + (long)t * C + c);
+    load_bf16(acc, dwpe + (long)t * C + c);
     for (int b = 0; b < B; b++) {
-        load8(d, dout + ((long)b * T + t) * C + c);
+        load_bf16(d, dout + ((long)b * T + t) * C + c);
 #pragma unroll
         for (int k = 0; k < PACK; k++) acc[k] += d[k];
     }
-    store8(dwpe + (long)t * C + c, acc);
+    store_bf16(dwpe + (long)t * C + c, acc);
 }
 
 // Positions sorted by (token, position), so that the backward below sums each token's rows in a
@@ -119,25 +119,27 @@ extern "C" __global__ void encoder_sort_buckets(int* sorted, const int* bucket, 
 
 // dwte[tok] += sum of dout rows of every position holding tok. One block per sorted position;
 // the block at the start of a run of equal tokens sums the run in position order (fp32), then
-// adds once into the bf16 row. blockDim.x = C / 8.
+// adds once into the bf16 row. A thread per pack of channels: blockDim.x = C / PACK, or fewer (at most
+// 1024) with each thread taking every blockDim.x-th pack.
 extern "C" __global__ void encoder_backward_wte(bf16* dwte, const int* sorted, const int* inp,
                                                 const bf16* dout, int N, int C, int Vp) {
     int i = blockIdx.x;
     int tok = inp[sorted[i]];
     if (i > 0 && inp[sorted[i - 1]] == tok) return;
     if (tok < 0 || tok >= Vp) return;
-    int c = threadIdx.x * PACK;
-    float acc[PACK] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, d[PACK];
-    for (int j = i; j < N; j++) {
-        int n = sorted[j];
-        if (inp[n] != tok) break;
-        load8(d, dout + (long)n * C + c);
+    for (int c = threadIdx.x * PACK; c < C; c += blockDim.x * PACK) {
+        float acc[PACK] = {}, d[PACK];
+        for (int j = i; j < N; j++) {
+            int n = sorted[j];
+            if (inp[n] != tok) break;
+            load_bf16(d, dout + (long)n * C + c);
 #pragma unroll
-        for (int k = 0; k < PACK; k++) acc[k] += d[k];
+            for (int k = 0; k < PACK; k++) acc[k] += d[k];
+        }
+        float w[PACK];
+        load_bf16(w, dwte + (long)tok * C + c);
+#pragma unroll
+        for (int k = 0; k < PACK; k++) w[k] += acc[k];
+        store_bf16(dwte + (long)tok * C + c, w);
     }
-    float w[PACK];
-    load8(w, dwte + (long)tok * C + c);
-#pragma unroll
-    for (int k = 0; k < PACK; k++) w[k] += acc[k];
-    store8(dwte + (long)tok * C + c, w);
 }

@@ -1,28 +1,29 @@
-// GELU, tanh approximation (GPT-2's), forward and backward, 8 elements per thread.
+// GELU, tanh approximation (GPT-2's), forward and backward, one pack (PACK elements)
+// per thread.
 #include "common.cuh"
 
 #define GELU_SCALE 0.7978845608028654f  // sqrt(2 / pi)
 
-extern "C" __global__ void gelu_forward(bf16* out, const bf16* inp, long n8) {
+extern "C" __global__ void gelu_forward(bf16* out, const bf16* inp, long packs) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n8) return;
+    if (i >= packs) return;
     float x[PACK];
-    load8_cs(x, inp + i * PACK);
+    load_bf16_cs(x, inp + i * PACK);
 #pragma unroll
     for (int k = 0; k < PACK; k++) {
         float u = GELU_SCALE * (x[k] + 0.044715f * x[k] * x[k] * x[k]);
         x[k] = 0.5f * x[k] * (1.0f + tanhf(u));
     }
-    store8(out + i * PACK, x);
+    store_bf16(out + i * PACK, x);
 }
 
 // dinp = gelu'(inp) * dout; dinp may be dout itself (each element is read before it is written)
-extern "C" __global__ void gelu_backward(bf16* dinp, const bf16* inp, const bf16* dout, long n8) {
+extern "C" __global__ void gelu_backward(bf16* dinp, const bf16* inp, const bf16* dout, long packs) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n8) return;
+    if (i >= packs) return;
     float x[PACK], d[PACK];
-    load8_cs(x, inp + i * PACK);
-    load8(d, dout + i * PACK);
+    load_bf16_cs(x, inp + i * PACK);
+    load_bf16(d, dout + i * PACK);
 #pragma unroll
     for (int k = 0; k < PACK; k++) {
         float x2 = x[k] * x[k];
@@ -30,5 +31,5 @@ extern "C" __global__ void gelu_backward(bf16* dinp, const bf16* inp, const bf16
         float dudx = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x2);
         d[k] *= 0.5f * (1.0f + th) + 0.5f * x[k] * (1.0f - th * th) * dudx;
     }
-    store8(dinp + i * PACK, d);
+    store_bf16(dinp + i * PACK, d);
 }

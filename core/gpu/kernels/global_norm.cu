@@ -7,7 +7,7 @@ extern "C" __global__ void norm_squared_partial(float* partial, const bf16* x, l
     float sum = 0.0f, v[PACK];
     long n8 = n / PACK;
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (long)gridDim.x * blockDim.x) {
-        load8_cs(v, x + i * PACK);
+        load_bf16_cs(v, x + i * PACK);
 #pragma unroll
         for (int k = 0; k < PACK; k++) sum += v[k] * v[k];
     }

@@ -1,11 +1,11 @@
-// LayerNorm forward and backward. One warp per row of C channels, 8 channels per 128-bit access;
-// any C divisible by 8 works.
+// LayerNorm forward and backward. One warp per row of C channels, PACK channels per access (8: 128-bit;
+// narrower where C or the pointers are not 16-byte aligned, kernels/common.cuh).
 #include "common.cuh"
 
 #define LN_EPS 1e-5f
 
-// packs per lane held in registers through the row: a row of C <= 768 is read from memory once, and
-// all its loads are in flight together (longer rows re-read their other packs from L1/L2)
+// packs per lane held in registers through the row: a row of C <= 3 * 32 * PACK (768) is read from memory
+// once, and all its loads are in flight together (longer rows re-read their other packs from L1/L2)
 #define LN_FWD_CACHED 3
 
 extern "C" __global__ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp,
@@ -14,24 +14,24 @@ extern "C" __global__ void layernorm_forward(bf16* out, float* mean, float* rstd
     if (row >= N) return;
     int lane = threadIdx.x % WARP_SIZE;
     const bf16* x = inp + (long)row * C;
-    uint4 raw[LN_FWD_CACHED];
+    pack_t raw[LN_FWD_CACHED];
 #pragma unroll
     for (int i = 0; i < LN_FWD_CACHED; i++) {
         int c = (i * WARP_SIZE + lane) * PACK;
-        if (c < C) raw[i] = __ldcs(reinterpret_cast<const uint4*>(x + c));
+        if (c < C) raw[i] = load_raw_cs(x + c);
     }
     float v[PACK];
-    auto each_pack = [&](auto f) {  // f(c) with v holding channels c..c+7 of the row
+    auto each_pack = [&](auto f) {  // f(c) with v holding channels c..c+PACK-1 of the row
 #pragma unroll
         for (int i = 0; i < LN_FWD_CACHED; i++) {
             int c = (i * WARP_SIZE + lane) * PACK;
             if (c < C) {
-                unpack8(v, raw[i]);
+                unpack_bf16(v, raw[i]);
                 f(c);
             }
         }
         for (int c = (LN_FWD_CACHED * WARP_SIZE + lane) * PACK; c < C; c += WARP_SIZE * PACK) {
-            load8(v, x + c);
+            load_bf16(v, x + c);
             f(c);
         }
     };
@@ -49,11 +49,11 @@ extern "C" __global__ void layernorm_forward(bf16* out, float* mean, float* rstd
     bf16* o = out + (long)row * C;
     each_pack([&](int c) {
         float w[PACK], b[PACK], y[PACK];
-        load8(w, weight + c);
-        load8(b, bias + c);
+        load_bf16(w, weight + c);
+        load_bf16(b, bias + c);
 #pragma unroll
         for (int k = 0; k < PACK; k++) y[k] = (v[k] - m) * s * w[k] + b[k];
-        store8(o + c, y);
+        store_bf16(o + c, y);
     });
     if (lane == 0) {
         mean[row] = m;
@@ -61,52 +61,49 @@ extern "C" __global__ void layernorm_forward(bf16* out, float* mean, float* rstd
     }
 }
 
-// Backward, one 8-channel pack of a row: pass 1 accumulates the warp's dweight/dbias slices and
+// Backward, one pack of a row: pass 1 accumulates the warp's dweight/dbias slices and
 // the row sums, pass 2 adds the input gradient into dinp (and, given ds, the stored sums into the
 // warp's slice of dinp's column sums).
-__device__ __forceinline__ void ln_backward_pass1(uint4 graw, uint4 xraw, const bf16* weight, int c, int C8,
+__device__ __forceinline__ void ln_backward_pass1(pack_t graw, pack_t xraw, const bf16* weight, int c, int packs,
                                                   float m, float s, float* dw, float* db, float& dnorm_sum,
                                                   float& dnorm_norm_sum) {
     float g[PACK], x[PACK], w[PACK];
-    unpack8(g, graw);
-    unpack8(x, xraw);
-    load8(w, weight + c);
+    unpack_bf16(g, graw);
+    unpack_bf16(x, xraw);
+    load_bf16(w, weight + c);
 #pragma unroll
     for (int k = 0; k < PACK; k++) {
         float norm = (x[k] - m) * s;
         float dnorm = w[k] * g[k];
         dnorm_sum += dnorm;
         dnorm_norm_sum += dnorm * norm;
-        dw[k * C8 + c / PACK] += norm * g[k];  // channel c + k lives at [k * C8 + c / 8]: no bank conflicts
-        db[k * C8 + c / PACK] += g[k];
+        dw[k * packs + c / PACK] += norm * g[k];  // channel c + k lives at [k * packs + c / PACK]: no bank conflicts
+        db[k * packs + c / PACK] += g[k];
     }
 }
 
-__device__ __forceinline__ void ln_backward_pass2(bf16* dinp, uint4 graw, uint4 xraw, uint4 draw, const bf16* weight,
-                                                  int c, int C8, float m, float s, float dnorm_mean,
+__device__ __forceinline__ void ln_backward_pass2(bf16* dinp, pack_t graw, pack_t xraw, pack_t draw, const bf16* weight,
+                                                  int c, int packs, float m, float s, float dnorm_mean,
                                                   float dnorm_norm_mean, float* ds) {
     float g[PACK], x[PACK], w[PACK], d[PACK];
-    unpack8(g, graw);
-    unpack8(x, xraw);
-    unpack8(d, draw);
-    load8(w, weight + c);
+    unpack_bf16(g, graw);
+    unpack_bf16(x, xraw);
+    unpack_bf16(d, draw);
+    load_bf16(w, weight + c);
 #pragma unroll
     for (int k = 0; k < PACK; k++) {
         float norm = (x[k] - m) * s;
         d[k] += (w[k] * g[k] - dnorm_mean - norm * dnorm_norm_mean) * s;
     }
-    store8(dinp + c, d);
+    store_bf16(dinp + c, d);
     if (ds) {
 #pragma unroll
-        for (int k = 0; k < PACK; k++) ds[k * C8 + c / PACK] += __bfloat162float(__float2bfloat16(d[k]));
+        for (int k = 0; k < PACK; k++) ds[k * packs + c / PACK] += __bfloat162float(__float2bfloat16(d[k]));
     }
 }
 
-__device__ __forceinline__ uint4 load_raw(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
-__device__ __forceinline__ uint4 load_raw_cs(const bf16* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
-
-// packs per lane held in registers through the row (dout, inp and dinp): C = 768 read once; channels
-// past 3 * 32 * 8 are re-read (from L1/L2)
+// packs per lane held in registers through the row (dout, inp and dinp): C = 768 read once at PACK 8;
+// channels past 3 * 32 * PACK are re-read (from L1/L2)
 #define LN_CACHED 3
 // blocks of 256 per SM the register budget allows (layernorm.py launches that many per SM). On an
 // H100 at d12, B=16: 2 (90 registers) 40 us, 4 (64 registers, spilling) 62 us, the first version's
@@ -126,7 +123,7 @@ layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp
     float* dw = acc + (long)warp * sums * C;
     float* db = dw + C;
     float* ds = sums == 3 ? db + C : nullptr;
-    int C8 = C / PACK;
+    int packs = C / PACK;
     for (int c = lane; c < sums * C; c += WARP_SIZE) dw[c] = 0.0f;
     __syncwarp();
     const int rest = (LN_CACHED * WARP_SIZE + lane) * PACK;  // first channel past the cached packs
@@ -134,7 +131,7 @@ layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp
         long off = (long)row * C;
         float m = mean[row], s = rstd[row];
         float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
-        uint4 graw[LN_CACHED], xraw[LN_CACHED], draw[LN_CACHED];
+        pack_t graw[LN_CACHED], xraw[LN_CACHED], draw[LN_CACHED];
 #pragma unroll
         for (int i = 0; i < LN_CACHED; i++) {  // every load of the row issued at once: one memory round trip
             int c = (i * WARP_SIZE + lane) * PACK;
@@ -147,10 +144,10 @@ layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp
 #pragma unroll
         for (int i = 0; i < LN_CACHED; i++) {
             int c = (i * WARP_SIZE + lane) * PACK;
-            if (c < C) ln_backward_pass1(graw[i], xraw[i], weight, c, C8, m, s, dw, db, dnorm_sum, dnorm_norm_sum);
+            if (c < C) ln_backward_pass1(graw[i], xraw[i], weight, c, packs, m, s, dw, db, dnorm_sum, dnorm_norm_sum);
         }
         for (int c = rest; c < C; c += WARP_SIZE * PACK)
-            ln_backward_pass1(load_raw(dout + off + c), load_raw(inp + off + c), weight, c, C8, m, s, dw, db,
+            ln_backward_pass1(load_raw(dout + off + c), load_raw(inp + off + c), weight, c, packs, m, s, dw, db,
                               dnorm_sum, dnorm_norm_sum);
         float dnorm_mean = warp_sum(dnorm_sum) / C;
         float dnorm_norm_mean = warp_sum(dnorm_norm_sum) / C;
@@ -158,18 +155,18 @@ layernorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp
         for (int i = 0; i < LN_CACHED; i++) {
             int c = (i * WARP_SIZE + lane) * PACK;
             if (c < C)
-                ln_backward_pass2(dinp + off, graw[i], xraw[i], draw[i], weight, c, C8, m, s, dnorm_mean,
+                ln_backward_pass2(dinp + off, graw[i], xraw[i], draw[i], weight, c, packs, m, s, dnorm_mean,
                                   dnorm_norm_mean, ds);
         }
         for (int c = rest; c < C; c += WARP_SIZE * PACK)
             ln_backward_pass2(dinp + off, load_raw(dout + off + c), load_raw(inp + off + c), load_raw(dinp + off + c),
-                              weight, c, C8, m, s, dnorm_mean, dnorm_norm_mean, ds);
+                              weight, c, packs, m, s, dnorm_mean, dnorm_norm_mean, ds);
     }
     __syncthreads();
     // block total of each channel, walking the interleaved slots in order (conflict-free reads)
     float* out = scratch + (long)blockIdx.x * sums * C;
     for (int slot = threadIdx.x; slot < sums * C; slot += blockDim.x) {
-        int part = slot / C, within = slot % C, ch = (within % C8) * PACK + within / C8;
+        int part = slot / C, within = slot % C, ch = (within % packs) * PACK + within / packs;
         float sum = 0.0f;
         for (int i = 0; i < warps; i++) sum += acc[(long)i * sums * C + slot];
         out[part * C + ch] = sum;

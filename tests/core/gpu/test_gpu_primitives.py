@@ -327,9 +327,11 @@ def test_adamw_stochastic_rounding(rng):
 def test_launcher_checks_raise_llmc_error(rng):
     with pytest.raises(LlmcError, match="bfloat16"):
         gpu.gelu_forward(cp.empty(8, cp.float32), cp.empty(8, cp.float32))
-    with pytest.raises(LlmcError, match="multiples of 8"):
-        gpu.matmul_forward(cp.empty((4, 12), gpu.act_dtype), cp.empty((4, 12), gpu.act_dtype),
+    with pytest.raises(LlmcError, match="16 channels"):
+        gpu.matmul_forward(cp.empty((4, 12), gpu.act_dtype), cp.empty((4, 16), gpu.act_dtype),
                            cp.empty((12, 12), gpu.act_dtype), None)
+    with pytest.raises(LlmcError, match="16-byte aligned"):
+        gpu.global_norm_squared(cp.empty(1, cp.float32), cp.empty(9, gpu.act_dtype)[1:])
     x = cp.empty((4, 16), gpu.act_dtype)
     with pytest.raises(LlmcError, match="residual"):
         gpu.matmul_forward(x, x, cp.empty((16, 16), gpu.act_dtype), None, pre_gelu=x, residual=x)
