@@ -9,6 +9,11 @@ BACKENDS = {"cpu": "llmc.core.cpu", "gpu": "llmc.core.gpu"}
 
 
 def get_backend(name: str) -> ModuleType:
+    """The backend module, ready to run: the GPU backend takes its GPU (the one core.distributed chose
+    for this rank, else GPU 0)."""
     if name not in BACKENDS:
         raise LlmcError(f"unknown device {name!r}: use {' or '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name])
+    backend = importlib.import_module(BACKENDS[name])
+    if name == "gpu":
+        backend.runtime.init()
+    return backend

@@ -195,9 +195,9 @@ class ProcessGroup:
     def __init__(self, rank: int, world: int, unique_id: bytes, device: int):
         from cupy.cuda import nccl
 
-        from llmc.core.gpu.runtime import cp, stream
+        from llmc.core.gpu.runtime import cp, current
         self.rank, self.world, self.device = rank, world, device
-        self.stream = stream
+        self.stream = current().stream
         as_tuple = id_from_bytes(unique_id)  # checks the length too
         try:
             self.comm = nccl.NcclCommunicator(world, unique_id, rank)  # CuPy 13+ takes the bytes
@@ -240,8 +240,8 @@ class ProcessGroup:
 
 def init(num_processes: int, rank: int, gpus_per_node: int, method: str, server_ip: str | None,
          fs_path: str | None) -> Group:
-    """The group of this process (llm.c's multi_gpu_config_init). Selects the local GPU
-    (rank % gpus_per_node) before the GPU backend is imported, so its stream lives there."""
+    """The group of this process (llm.c's multi_gpu_config_init); takes the local GPU (rank %
+    gpus_per_node) for the GPU backend (runtime.init), whose stream NCCL then runs on."""
     if method not in ("mpi", "tcp", "fs"):
         raise LlmcError(f"-pi takes mpi, tcp or fs, not {method!r}")
     comm = None
@@ -272,7 +272,9 @@ def init(num_processes: int, rank: int, gpus_per_node: int, method: str, server_
     if device >= cp.cuda.runtime.getDeviceCount():
         raise LlmcError(f"rank {rank} wants GPU {device} (rank % -pg {gpus_per_node}), but this node has "
                         f"{cp.cuda.runtime.getDeviceCount()}")
-    cp.cuda.Device(device).use()
+    from llmc.core.gpu import runtime  # here: a single process never needs the GPU backend for its group
+
+    runtime.init(device)
     uid = id_to_bytes(nccl.get_unique_id()) if rank == 0 else None
     if method == "mpi":
         uid = comm.bcast(uid, root=0)

@@ -79,9 +79,6 @@ class Primitives(Protocol):
     def layernorm_forward(self, out: Array, mean: Array, rstd: Array, inp: Array, weight: Array, bias: Array) -> None:
         """out (B,T,C) = (inp - mean) * rstd * weight + bias, eps 1e-5; saves mean, rstd (B,T)."""
 
-    def residual_forward(self, out: Array, inp1: Array, inp2: Array) -> None:
-        """out = inp1 + inp2."""
-
     def layernorm_backward(self, dinp: Array, dweight: Array, dbias: Array, dout: Array, inp: Array,
                            weight: Array, mean: Array, rstd: Array, dproj_bias: Array | None = None) -> None:
         """dinp += dL/dinp; dweight += ...; dbias += ... (all accumulate). dinp is the residual stream's
@@ -140,3 +137,26 @@ class Primitives(Protocol):
 
 REQUIRED_OPS = tuple(name for name in Primitives.__dict__
                      if not name.startswith("_") and callable(Primitives.__dict__[name]))
+
+# Where each op lives: op -> (CPU module, GPU module, the GPU kernel files it launches, what else does
+# the work on the GPU). Paths are under core/; tests/core/test_primitives.py keeps the table true.
+PRIMITIVE_MAP: dict[str, tuple[str, str, tuple[str, ...], str]] = {
+    "encoder_forward": ("cpu/layers.py", "gpu/encoder.py", ("encoder.cu",), ""),
+    "encoder_backward": ("cpu/layers.py", "gpu/encoder.py", ("encoder.cu",), ""),
+    "layernorm_forward": ("cpu/layers.py", "gpu/layernorm.py", ("layernorm.cu",), ""),
+    "layernorm_backward": ("cpu/layers.py", "gpu/layernorm.py", ("layernorm.cu",), ""),
+    "matmul_forward": ("cpu/layers.py", "gpu/matmul.py", ("matmul.cu",),
+                       "cuBLASLt (gpu/cublaslt.py) with its bias/GELU epilogues; bias+GELU also cuDNN "
+                       "(gpu/gelu_gemm.py); where an epilogue refuses the alignment, gelu.py's kernels after"),
+    "matmul_backward": ("cpu/layers.py", "gpu/matmul.py", ("matmul.cu",),
+                        "cuBLASLt (gpu/cublaslt.py); dGELU by its epilogue or gelu.py's kernel"),
+    "gelu_forward": ("cpu/layers.py", "gpu/gelu.py", ("gelu.cu",), ""),
+    "gelu_backward": ("cpu/layers.py", "gpu/gelu.py", ("gelu.cu",), ""),
+    "attention_forward": ("cpu/layers.py", "gpu/attention.py", ("attention.cu",),
+                          "cuDNN SDPA; where cuDNN declines, cuBLASLt batched matmuls"),
+    "attention_backward": ("cpu/layers.py", "gpu/attention.py", ("attention.cu",),
+                           "cuDNN SDPA; where cuDNN declines, cuBLASLt batched matmuls"),
+    "softmax_crossentropy": ("cpu/layers.py", "gpu/classifier.py", ("classifier.cu",), ""),
+    "global_norm_squared": ("cpu/optimizer.py", "gpu/optimizer.py", ("global_norm.cu",), ""),
+    "adamw_update": ("cpu/optimizer.py", "gpu/optimizer.py", ("adamw.cu",), ""),
+}

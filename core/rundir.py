@@ -153,8 +153,9 @@ class RunDir:
 
     def take(self, record: dict, out: Callable[[str], None]) -> None:
         """Start this run's files (rank 0), once every check has passed: delete the earlier run when this
-        one starts afresh (--overwrite, or -y 1 with nothing to resume), name this process in the lock file, write config.json: every flag's resolved value
-        (record["flags"]), the model, llmc's version and commit, the backend, the device, the command line."""
+        one starts afresh (--overwrite, or -y 1 with nothing to resume), name this process in the lock
+        file, write config.json: every flag's resolved value (record["flags"]), the model, llmc's version
+        and commit, the backend, the device, the command line."""
         if self.rank != 0:
             return
         if record.get("resumed_from_step") is None and holds_run(self.path):

@@ -9,7 +9,7 @@ import numpy as np
 from llmc.core.cpu.layers import (attention_backward, attention_forward, attention_stats_shape,
                                   encoder_backward, encoder_forward, gelu_backward, gelu_forward,
                                   layernorm_backward, layernorm_forward, matmul_backward, matmul_forward,
-                                  residual_forward, softmax_crossentropy)
+                                  softmax_crossentropy)
 from llmc.core.cpu.optimizer import adamw_update, global_norm_squared
 
 name = "cpu"
@@ -59,7 +59,7 @@ def memory_used() -> None:
 __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
            "promised_flops", "device_name", "memory_used",
            "attention_stats_shape",
-           "encoder_forward", "encoder_backward", "layernorm_forward", "residual_forward",
+           "encoder_forward", "encoder_backward", "layernorm_forward",
            "layernorm_backward", "matmul_forward", "matmul_backward",
            "gelu_forward", "gelu_backward", "attention_forward", "attention_backward", "softmax_crossentropy",
            "global_norm_squared", "adamw_update"]

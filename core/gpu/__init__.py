@@ -1,16 +1,17 @@
 """The GPU backend: CuPy, bf16 activations/parameters/gradients, fp32 optimizer state; cuBLASLt
 (nvmath-python) matmuls (the MLP's GELU one through cuDNN where that is faster), cuDNN flash attention
 (nvidia-cudnn-frontend, with a plain fallback) and llmc's own CUDA kernels (core/gpu/kernels).
-Implements core/primitives.py; importing it without CuPy or a GPU raises LlmcError, never a silent
-fall back to the CPU."""
+Implements core/primitives.py. Importing it without CuPy raises LlmcError (never a silent fall back to
+the CPU) and touches no GPU: runtime.init(device) takes one (core.backends.get_backend does) and says
+so in one line where there is none."""
 
 from llmc.core.gpu.runtime import (BF16, cp, device_name, fetch, graph, memory_used,  # runtime first:
-                                   promised_flops, synchronize, to_device, to_host)  # it checks for CuPy and a GPU
+                                   promised_flops, synchronize, to_device, to_host)  # it checks for CuPy
 from llmc.core.gpu.attention import attention_backward, attention_forward, attention_stats_shape
 from llmc.core.gpu.classifier import softmax_crossentropy
 from llmc.core.gpu.encoder import encoder_backward, encoder_forward
 from llmc.core.gpu.gelu import gelu_backward, gelu_forward
-from llmc.core.gpu.layernorm import layernorm_backward, layernorm_forward, residual_forward
+from llmc.core.gpu.layernorm import layernorm_backward, layernorm_forward
 from llmc.core.gpu.matmul import matmul_backward, matmul_forward
 from llmc.core.gpu.optimizer import adamw_update, global_norm_squared
 
@@ -22,7 +23,7 @@ asynchronous = True
 __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
            "promised_flops", "device_name", "memory_used",
            "attention_stats_shape",
-           "encoder_forward", "encoder_backward", "layernorm_forward", "residual_forward",
+           "encoder_forward", "encoder_backward", "layernorm_forward",
            "layernorm_backward", "matmul_forward", "matmul_backward",
            "gelu_forward", "gelu_backward", "attention_forward", "attention_backward", "softmax_crossentropy",
            "global_norm_squared", "adamw_update"]

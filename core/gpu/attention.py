@@ -9,48 +9,20 @@ fallback takes any head size and alignment (cuBLASLt is told the pointers' align
 the head size is a multiple of 8 and the tensors are 16-byte aligned (_cudnn_takes).
 """
 
-import functools
 import math
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from llmc.core.gpu import cudnn
 from llmc.core.gpu.cublaslt import gemm
-from llmc.core.gpu.runtime import BF16, after_side_work, aligned, check, check_arrays, launch, scratch, settle, stream
+from llmc.core.gpu.runtime import BF16, after_side_work, aligned, check, check_arrays, current, launch, scratch, settle
 
 
-def _import_cudnn():
-    """nvidia-cudnn-frontend, or None where it or its libcudnn is missing. Its import also imports
-    torch when installed (about 5 s of train-gpu's start-up in a cProfile on the device machine), for
-    torch tensors llmc never passes: the first try hides torch (unless something loaded it already),
-    a second try imports as usual."""
-    tries = (True, False) if "torch" not in sys.modules else (False,)
-    for hide_torch in tries:
-        if hide_torch:
-            sys.modules["torch"] = None  # `import torch` then raises ImportError, which cudnn tolerates
-        try:
-            import cudnn
-            return cudnn
-        except (ImportError, OSError):
-            continue
-        finally:
-            if hide_torch:
-                del sys.modules["torch"]
-    return None
-
-
-cudnn = _import_cudnn()
-
-BACKEND = "cudnn" if cudnn is not None else "fallback"  # tests switch this to check the fallback
-
-
-@functools.cache
-def cudnn_handle():
-    """The one cuDNN handle, on the backend's stream (every cuDNN graph of llmc runs there)."""
-    handle = cudnn.create_handle()
-    cudnn.set_stream(handle=handle, stream=stream.ptr)
-    return handle
+# "cudnn": cuDNN's SDPA wherever it is installed and takes the shape, else the fallback; "fallback":
+# always the fallback (tests set it to check the fallback where cuDNN would run)
+IMPLEMENTATION = "cudnn"
 
 
 def attention_stats_shape(B: int, T: int, NH: int) -> tuple[int, ...]:
@@ -94,7 +66,7 @@ def _cudnn_takes(s: Shape, *arrays) -> bool:
 class _CudnnSdpa:
     """cuDNN forward and backward graphs for one shape; tensors are strided views into qkv/dqkv."""
     def __init__(self, s: Shape):
-        dt = cudnn.data_type
+        dt = cudnn.module().data_type
         self.dims = [s.B, s.NH, s.T, s.HS]
         self.qkv_stride = [s.T * 3 * s.C, s.HS, 3 * s.C, 1]
         self.out_stride = [s.T * s.C, s.HS, s.C, 1]
@@ -105,14 +77,14 @@ class _CudnnSdpa:
         self.io, self.f32 = dt.BFLOAT16, dt.FLOAT
 
     def _graph(self):
-        return cudnn.pygraph(io_data_type=self.io, intermediate_data_type=self.f32, compute_data_type=self.f32,
-                             handle=cudnn_handle())
+        return cudnn.module().pygraph(io_data_type=self.io, intermediate_data_type=self.f32,
+                                      compute_data_type=self.f32, handle=cudnn.handle())
 
     def _tensor(self, g, name: str, stride: list[int]):
         return g.tensor(name=name, dim=self.dims, stride=stride, data_type=self.io)
 
     def _mask(self) -> dict:
-        return dict(attn_scale=self.scale, diagonal_alignment=cudnn.diagonal_alignment.TOP_LEFT,
+        return dict(attn_scale=self.scale, diagonal_alignment=cudnn.module().diagonal_alignment.TOP_LEFT,
                     diagonal_band_right_bound=0)
 
     def build_forward(self) -> None:
@@ -121,7 +93,7 @@ class _CudnnSdpa:
         o, stats = g.sdpa(name="sdpa", q=q, k=k, v=v, generate_stats=True, **self._mask())
         o.set_output(True).set_dim(self.dims).set_stride(self.out_stride).set_data_type(self.io)
         stats.set_output(True).set_dim(self.stats_dims).set_stride(self.stats_stride).set_data_type(self.f32)
-        g.build([cudnn.heur_mode.A])
+        g.build([cudnn.module().heur_mode.A])
         self.fwd, self.fwd_tensors = g, (q, k, v, o, stats)
 
     def build_backward(self) -> None:
@@ -133,7 +105,7 @@ class _CudnnSdpa:
         dq, dk, dv = g.sdpa_backward(name="sdpa_backward", q=q, k=k, v=v, o=o, dO=do, stats=stats, **self._mask())
         for t in (dq, dk, dv):
             t.set_output(True).set_dim(self.dims).set_stride(self.qkv_stride).set_data_type(self.io)
-        g.build([cudnn.heur_mode.A])
+        g.build([cudnn.module().heur_mode.A])
         self.bwd, self.bwd_tensors = g, (q, k, v, o, do, stats, dq, dk, dv)
 
     def _workspace(self, g) -> int:
@@ -143,13 +115,13 @@ class _CudnnSdpa:
         q, k, v, o, st = self.fwd_tensors
         p, e = qkv.data.ptr, 2 * self.shape.C  # bytes from q to k (and k to v) within a row
         self.fwd.execute({q: p, k: p + e, v: p + 2 * e, o: out.data.ptr, st: stats.data.ptr},
-                         self._workspace(self.fwd), handle=cudnn_handle())
+                         self._workspace(self.fwd), handle=cudnn.handle())
 
     def backward(self, dqkv, dout, qkv, out, stats) -> None:
         q, k, v, o, do, st, dq, dk, dv = self.bwd_tensors
         p, d, e = qkv.data.ptr, dqkv.data.ptr, 2 * self.shape.C
         self.bwd.execute({q: p, k: p + e, v: p + 2 * e, o: out.data.ptr, do: dout.data.ptr, st: stats.data.ptr,
-                          dq: d, dk: d + e, dv: d + 2 * e}, self._workspace(self.bwd), handle=cudnn_handle())
+                          dq: d, dk: d + e, dv: d + 2 * e}, self._workspace(self.bwd), handle=cudnn.handle())
 
 
 _sdpa: dict[Shape, _CudnnSdpa] = {}
@@ -159,11 +131,12 @@ _rejected: set[tuple[Shape, str]] = set()
 def _cudnn(s: Shape, direction: str, *arrays) -> _CudnnSdpa | None:
     """The shape's cuDNN graphs with `direction` built, or None (the fallback runs) where cuDNN
     is absent or rejects the shape or the bf16 arrays' alignment."""
-    if BACKEND != "cudnn" or (s, direction) in _rejected or not _cudnn_takes(s, *arrays):
+    if (IMPLEMENTATION != "cudnn" or cudnn.module() is None or (s, direction) in _rejected
+            or not _cudnn_takes(s, *arrays)):
         return None
     sdpa = _sdpa.get(s) or _sdpa.setdefault(s, _CudnnSdpa(s))
     if getattr(sdpa, {"forward": "fwd", "backward": "bwd"}[direction]) is None:
-        check(not stream.is_capturing(), "attention: cuDNN graphs must be built before a CUDA graph capture")
+        check(not current().stream.is_capturing(), "attention: cuDNN graphs must be built before a CUDA graph capture")
         try:
             getattr(sdpa, f"build_{direction}")()
         except Exception as e:  # cudnn raises its own error types for unsupported graphs

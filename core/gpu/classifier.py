@@ -4,10 +4,10 @@ host by the loop) rather than a device-to-host read here, which a CUDA graph can
 
 import numpy as np
 
-from llmc.core.gpu.runtime import BF16, DEVICE, NUM_SMS, after_side_work, check, check_arrays, launch, pack_width, rows
+from llmc.core.gpu.runtime import BF16, after_side_work, check, check_arrays, current, launch, pack_width, rows
 
 THREADS = 1024
-SHARED_MEM = DEVICE.attributes["MaxSharedMemoryPerBlockOptin"] - 1024  # room for the kernel's static arrays
+STATIC_SHARED_MEM = 1024  # room for the kernel's static arrays beside the rows
 
 
 @after_side_work
@@ -22,8 +22,10 @@ def softmax_crossentropy(losses, logits, targets, vocab_size: int, dloss: float 
     check(losses.size == N and targets.size == N, f"{op}: losses and targets need {N} entries")
     check(0 < vocab_size <= Vp, f"{op}: vocab size {vocab_size} outside (0, {Vp}]")
     pack = pack_width(Vp, logits)  # 8 unless Vp (a multiple of 128 in llm.c's files) is not a multiple of 8
-    if dloss is not None and pack == 8 and 2 * 2 * Vp <= SHARED_MEM:  # two rows in shared memory: persistent
-        launch("classifier", "softmax_crossentropy_train", min(N, NUM_SMS), THREADS,
+    gpu = current()
+    two_rows = 2 * 2 * Vp <= gpu.max_shared_memory - STATIC_SHARED_MEM  # in shared memory: the persistent kernel
+    if dloss is not None and pack == 8 and two_rows:
+        launch("classifier", "softmax_crossentropy_train", min(N, gpu.sms), THREADS,
                (losses, logits, targets, np.int32(N), np.int32(vocab_size), np.int32(Vp), np.float32(dloss)),
                shared_mem=2 * 2 * Vp)
         return

@@ -5,9 +5,9 @@ algorithm) is built once per shape and cached; pointers are set per call.
 
 The algorithm is the fastest of the heuristic's top candidates and of their neighbours (the same kernel
 with other cluster shapes, CTA swizzling and custom options, which the heuristic does not rank), timed
-on first use. On an H100 the neighbours beat the heuristic's best by up to 8% on d12's K=768 GEMMs.
-The choice is kept on disk per GPU and cuBLASLt version (as PyTorch's TunableOp keeps its results), so
-later runs start without timing and take the same algorithms.
+on first use: the neighbours can beat the heuristic's best (PERF.md, session 5).
+The choice is kept on disk per GPU and cuBLASLt version (core/gpu/tuning_cache.py, as PyTorch's TunableOp
+keeps its results), so later runs start without timing and take the same algorithms.
 
 cuBLASLt is column-major: a row-major (r, c) matrix with leading dimension ld is its column-major
 (c, r) transpose, so D = op(A) @ op(B) is computed as D^T = op(B)^T @ op(A)^T.
@@ -16,15 +16,13 @@ cuBLASLt is column-major: a row-major (r, c) matrix with leading dimension ld is
 import ctypes
 import functools
 import itertools
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from llmc.core.errors import LlmcError
-from llmc.core.gpu.runtime import DEVICE, DEVICE_NAME, cp, scratch, stream, time_ms
+from llmc.core.gpu.runtime import cp, current, scratch, time_ms
+from llmc.core.gpu.tuning_cache import cached, remember
 
 try:
     from nvmath.bindings import cublasLt as lt
@@ -47,7 +45,12 @@ Config = lt.MatmulAlgoConfigAttribute
 CONFIG_FIELDS = (Config.ID, Config.TILE_ID, Config.STAGES_ID, Config.SPLITK_NUM, Config.REDUCTION_SCHEME,
                  Config.CTA_SWIZZLING, Config.CUSTOM_OPTION, Config.INNER_SHAPE_ID, Config.CLUSTER_SHAPE_ID)
 
-_handle = lt.create()
+
+
+@functools.cache
+def _handle() -> int:
+    """The cuBLASLt handle, created at the first GEMM."""
+    return lt.create()
 
 
 def _set(setter, obj, attr, value) -> None:
@@ -82,54 +85,10 @@ def _configured(algo: np.ndarray, config: tuple[int, ...]) -> np.ndarray:
     return algo
 
 
-def _cache_file() -> Path:
-    return Path(os.environ.get("LLMC_CACHE_DIR") or Path.home() / ".cache" / "llmc") / "cublaslt_algorithms.json"
-
-
-@functools.cache
-def _device_tag() -> str:
-    return f"{DEVICE_NAME} sm{DEVICE.compute_capability} cublasLt {lt.get_version()}"
-
-
-def _load_cache() -> dict:
-    try:
-        cache = json.loads(_cache_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
-
-
-def _read_cache(cache: dict | None = None) -> dict:
-    """The disk cache's entries for this GPU and cuBLASLt; nothing if it is missing or malformed."""
-    entries = (_load_cache() if cache is None else cache).get(_device_tag())
-    return entries if isinstance(entries, dict) else {}
-
-
-def cached(key: str):
-    """The choice kept on disk under key for this GPU and cuBLASLt, or None (gelu_gemm.py keeps its
-    choices here too)."""
-    return _read_cache().get(key)
-
-
 def _cached_config(key: "_Key") -> tuple[int, ...] | None:
     config = cached(repr(key))
     well_formed = isinstance(config, list) and len(config) == len(CONFIG_FIELDS)
     return tuple(config) if well_formed and all(isinstance(v, int) for v in config) else None
-
-
-def remember(key: str, value: list) -> None:
-    """Adds one tuned choice to the disk cache (re-read first, other processes may have written it);
-    a cache that cannot be written is only a cache: the next run times again."""
-    path = _cache_file()
-    cache = _load_cache()
-    cache[_device_tag()] = {**_read_cache(cache), key: value}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def _alignment(address: int) -> int:
@@ -184,7 +143,7 @@ class _Plan:
         results = lt.MatmulHeuristicResult(CANDIDATES)
         found = np.zeros(1, dtype=np.int32)
         try:
-            lt.matmul_algo_get_heuristic(_handle, self.desc, self.a, self.b, self.d, self.d, pref, CANDIDATES,
+            lt.matmul_algo_get_heuristic(_handle(), self.desc, self.a, self.b, self.d, self.d, pref, CANDIDATES,
                                          results.ptr, found.ctypes.data)
         except lt.cuBLASLtError as e:
             raise LlmcError(f"cuBLASLt has no algorithm for {k}: {e}") from e
@@ -210,7 +169,7 @@ class _Plan:
         """cuBLASLt accepts algo for this plan, within the workspace and the pointers' alignments."""
         result = lt.MatmulHeuristicResult(1)
         try:
-            lt.matmul_algo_check(_handle, self.desc, self.a, self.b, self.d, self.d, algo.ctypes.data, result.ptr)
+            lt.matmul_algo_check(_handle(), self.desc, self.a, self.b, self.d, self.d, algo.ctypes.data, result.ptr)
         except lt.cuBLASLtError:
             return False
         Cap, align = lt.MatmulAlgoCapAttribute, self.key.align  # cuBLASLt's A is our B (module docstring)
@@ -224,7 +183,7 @@ class _Plan:
         out_type = CUDA_R_32F if self.key.out_f32 else CUDA_R_16BF
         algo = np.zeros(_ALGO_BYTES, dtype=np.uint8)
         try:
-            lt.matmul_algo_init(_handle, COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, out_type, out_type,
+            lt.matmul_algo_init(_handle(), COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, out_type, out_type,
                                 config[0], algo.ctypes.data)
             algo = _configured(algo, config)
         except (lt.cuBLASLtError, OverflowError):  # an id or a value this cuBLASLt lacks
@@ -273,7 +232,7 @@ class _Plan:
             c = d = tmp.data.ptr
 
         def ms(algo: np.ndarray, runs: int) -> float:
-            return time_ms(lambda: lt.matmul(_handle, self.desc, alpha, b, self.a, a, self.b, beta, c, self.d, d,
+            return time_ms(lambda: lt.matmul(_handle(), self.desc, alpha, b, self.a, a, self.b, beta, c, self.d, d,
                                              self.d, algo.ctypes.data, workspace, WORKSPACE_BYTES, on.ptr), runs, on)
 
         timed = []
@@ -322,7 +281,7 @@ def gemm(d: int, a: int, b: int, M: int, N: int, K: int, *, lda: int, ldb: int, 
     bias (N) and aux (M, N) [ld aux_ld] serve the epilogue. Batches are strided by element counts.
     `on`: the stream (default: the backend's); each stream has its own workspace, so GEMMs on two
     streams may run at once."""
-    on = on or stream
+    on = on or current().stream
     workspace = scratch(f"cublaslt_workspace_{on.ptr}", WORKSPACE_BYTES)
     d_bytes = 4 if out_f32 else 2  # batches start at multiples of the strides: fold them in
     align = (_alignment(a | stride_a * 2), _alignment(b | stride_b * 2),
@@ -338,5 +297,5 @@ def gemm(d: int, a: int, b: int, M: int, N: int, K: int, *, lda: int, ldb: int, 
     c = c or d
     if not plan.tuned and not on.is_capturing():
         plan._tune(alpha_ptr, a, b, beta_ptr, c, d, beta != 0.0 and c == d, workspace.data.ptr, on)
-    lt.matmul(_handle, plan.desc, alpha_ptr, b, plan.a, a, plan.b, beta_ptr, c, plan.d, d, plan.d, plan.algo,
+    lt.matmul(_handle(), plan.desc, alpha_ptr, b, plan.a, a, plan.b, beta_ptr, c, plan.d, d, plan.d, plan.algo,
               workspace.data.ptr, WORKSPACE_BYTES, on.ptr)

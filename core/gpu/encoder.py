@@ -4,8 +4,8 @@ position order."""
 
 import numpy as np
 
-from llmc.core.gpu.runtime import (BF16, after_side_work, cdiv, check, check_arrays, cp, launch, pack_width, scratch,
-                                   stream)
+from llmc.core.gpu.runtime import (BF16, after_side_work, cdiv, check, check_arrays, cp, current, launch, pack_width,
+                                   scratch)
 
 WTE_THREADS = 1024  # at most, per block of the wte gradient: one per pack of channels, looping past that
 
@@ -39,7 +39,7 @@ def encoder_backward(dwte, dwpe, dout, inp) -> None:
     buckets = Vp + 1  # the last one takes out-of-range ids
     count, offset, cursor = (scratch(f"encoder_{tag}", buckets * 4) for tag in ("count", "offset", "cursor"))
     bucket, sorted_positions = scratch("encoder_bucket", N * 4), scratch("encoder_sorted", N * 4)
-    cp.cuda.runtime.memsetAsync(count.data.ptr, 0, buckets * 4, stream.ptr)
+    cp.cuda.runtime.memsetAsync(count.data.ptr, 0, buckets * 4, current().stream.ptr)
     grid, n, vp = cdiv(N, 256), np.int32(N), np.int32(Vp)
     launch("encoder", "encoder_count", grid, 256, (count, inp, n, vp), pack=pack)
     launch("encoder", "encoder_offsets", 1, 1024, (offset, cursor, count, np.int32(buckets)), pack=pack)

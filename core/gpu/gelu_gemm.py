@@ -3,18 +3,17 @@ form), both written in bf16 from one fp32 accumulator, by whichever of cuBLASLt'
 and a cuDNN graph (matmul -> add -> gelu, a kernel cuDNN's runtime-fusion engine compiles for the
 shape) is faster on this GPU.
 
-On an H100 cuBLASLt's epilogue runs this product at ~555 TFLOP/s where the same GEMM with only a bias
-runs at ~780; cuDNN's kernel runs it 5% (B=64) to 12% (B=16) faster. (cuDNN's graphs for the backward's
-dGELU epilogue and for GELU as the next GEMM's prologue ran slower than cuBLASLt: those stay there.)
-The choice is timed once per shape and kept on disk beside cuBLASLt's algorithms, so later runs take the
+cuBLASLt's GELU epilogue runs well below the same GEMM with only a bias, and cuDNN's kernel can beat it
+(PERF.md, session 8); cuDNN's graphs for the backward's dGELU epilogue and for GELU as the next GEMM's
+prologue were slower than cuBLASLt, so those stay there. The choice is timed once per shape and kept on disk beside cuBLASLt's algorithms, so later runs take the
 same kernel without timing (the two may round GELU's output differently in the last bit)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmc.core.gpu.attention import cudnn, cudnn_handle
-from llmc.core.gpu.cublaslt import cached, remember
-from llmc.core.gpu.runtime import check, rows, scratch, stream, time_ms
+from llmc.core.gpu import cudnn
+from llmc.core.gpu.runtime import check, current, rows, scratch, time_ms
+from llmc.core.gpu.tuning_cache import cached, remember
 
 RUNS = 8  # timed runs of each candidate, after one untimed
 CUBLASLT = "cublaslt"
@@ -28,13 +27,14 @@ class _Key:
 
 
 class _Graph:
-    """The cuDNN graph for one shape and its plans (those of cuDNN's fallback list: on an H100 its
-    runtime-fusion plan with default knobs timed within 1% of the best of all 20 plans cuDNN offers)."""
+    """The cuDNN graph for one shape and its plans: those of cuDNN's fallback list, whose runtime-fusion
+    plan with default knobs is as fast as the best of all the plans cuDNN offers (PERF.md, session 8)."""
 
     def __init__(self, k: _Key):
-        dt = cudnn.data_type
-        g = cudnn.pygraph(io_data_type=dt.BFLOAT16, intermediate_data_type=dt.FLOAT, compute_data_type=dt.FLOAT,
-                          handle=cudnn_handle())
+        lib = cudnn.module()
+        dt = lib.data_type
+        g = lib.pygraph(io_data_type=dt.BFLOAT16, intermediate_data_type=dt.FLOAT, compute_data_type=dt.FLOAT,
+                        handle=cudnn.handle())
         self.inp = g.tensor(name="inp", dim=[1, k.N, k.C], stride=[k.N * k.C, k.C, 1], data_type=dt.BFLOAT16)
         # weight (OC, C) row-major is the (C, OC) operand column-major
         self.weight = g.tensor(name="weight", dim=[1, k.C, k.OC], stride=[k.OC * k.C, 1, k.C], data_type=dt.BFLOAT16)
@@ -46,7 +46,7 @@ class _Graph:
             t.set_output(True).set_data_type(dt.BFLOAT16)
         g.validate()
         g.build_operation_graph()
-        g.create_execution_plans([cudnn.heur_mode.FALLBACK])
+        g.create_execution_plans([lib.heur_mode.FALLBACK])
         self.graph, self.index = g, -1
         self.names = [g.get_plan_name_at_index(i) for i in range(g.get_execution_plan_count())]
 
@@ -65,14 +65,14 @@ class _Graph:
         workspace = scratch("cudnn_workspace", self.graph.get_workspace_size_plan_at_index(self.index))
         self.graph.execute_plan_at_index({self.inp: inp.data.ptr, self.weight: weight.data.ptr,
                                           self.bias: bias.data.ptr, self.pre: pre.data.ptr, self.out: out.data.ptr},
-                                         workspace.data.ptr, self.index, handle=cudnn_handle())
+                                         workspace.data.ptr, self.index, handle=cudnn.handle())
 
 
 def _choose(k: _Key, operands: tuple, with_cublaslt: Callable[[], None]) -> _Graph | None:
     """The cuDNN graph with its fastest plan, or None where cuBLASLt is faster (or cuDNN absent)."""
-    if cudnn is None:
+    if cudnn.module() is None:
         return None
-    key = f"gelu_gemm {k.N}x{k.C}x{k.OC} cuDNN {cudnn.backend_version()}"
+    key = f"gelu_gemm {k.N}x{k.C}x{k.OC} cuDNN {cudnn.module().backend_version()}"
     choice = cached(key)
     if choice == [CUBLASLT]:  # no cuDNN graph to build
         return None
@@ -103,7 +103,8 @@ def gelu_gemm(out, pre, inp, weight, bias, with_cublaslt: Callable[[], None]) ->
     (N, C), OC = rows(inp), weight.shape[0]
     k = _Key(N, C, OC)
     if k not in _chosen:
-        check(not stream.is_capturing(), "matmul_forward: the GELU GEMM must run once before a CUDA graph capture")
+        check(not current().stream.is_capturing(),
+              "matmul_forward: the GELU GEMM must run once before a CUDA graph capture")
         _chosen[k] = _choose(k, (out, pre, inp, weight, bias), with_cublaslt)
     graph = _chosen[k]
     if graph is None:

@@ -4,8 +4,8 @@ projection bias gradients into layernorm backward (its dproj_bias), so neither c
 
 import numpy as np
 
-from llmc.core.gpu.runtime import (BF16, NUM_SMS, after_side_work, cdiv, check, check_arrays, launch, pack_width, ptr,
-                                   rows, scratch, settle)
+from llmc.core.gpu.runtime import (BF16, after_side_work, cdiv, check, check_arrays, current, launch, pack_width,
+                                   ptr, rows, scratch, settle)
 
 ROWS_PER_BLOCK = 8  # forward: one warp per row
 BWD_WARPS = 8  # backward: warps per block, each with 2*C (3*C with dproj_bias) floats of shared memory
@@ -30,16 +30,6 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias) -> None:
            (out, mean, rstd, inp, weight, bias, np.int32(N), np.int32(C)), pack=pack_width(C, out, inp, weight, bias))
 
 
-@after_side_work
-def residual_forward(out, inp1, inp2) -> None:
-    """out = inp1 + inp2."""
-    check_arrays("residual_forward", BF16, out, inp1, inp2)
-    check(out.shape == inp1.shape == inp2.shape, "residual_forward: shapes differ")
-    pack = pack_width(out.size, out, inp1, inp2)
-    packs = out.size // pack
-    launch("residual", "residual_forward", cdiv(packs, 256), 256, (out, inp1, inp2, np.int64(packs)), pack=pack)
-
-
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dproj_bias=None) -> None:
     """dinp += dL/dinp; dweight += ...; dbias += ... (all accumulate); with dproj_bias, also
     dproj_bias += the updated dinp summed over rows."""
@@ -51,7 +41,7 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dpro
     smem = BWD_WARPS * sums * C * 4
     check(smem <= 227 * 1024, f"layernorm_backward: channels {C} exceed shared memory")
     per_sm = max(1, min(BWD_BLOCKS_PER_SM, (227 * 1024) // (smem + 1024)))  # registers, shared memory
-    blocks = max(1, min(cdiv(N, BWD_WARPS), NUM_SMS * per_sm))
+    blocks = max(1, min(cdiv(N, BWD_WARPS), current().sms * per_sm))
     partial = scratch("layernorm_partial", blocks * sums * C * 4)
     pack = pack_width(C, dinp, dout, inp, weight)  # the reduce writes dweight, dbias, dproj_bias one by one
     settle(reads=(dout, inp, weight, mean, rstd), writes=(dinp, dweight, dbias, dproj_bias))

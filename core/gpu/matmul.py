@@ -1,12 +1,12 @@
 """Linear layers: cuBLASLt with the bias and GELU fused as epilogues in forward (bias and GELU together
 through cuDNN's fused kernel where that is faster: gelu_gemm.py), dGELU fused in backward, and a
-deterministic accumulating bias-gradient kernel (kernels/matmul.cu). (cuBLASLt's BGRADB epilogue
-overwrites instead of accumulating and, measured on an H100 at d12 shapes, slowed the weight-gradient
-GEMM by more than the separate kernel costs.)
+deterministic accumulating bias-gradient kernel (kernels/matmul.cu): cuBLASLt's BGRADB epilogue
+overwrites instead of accumulating, and it slowed the weight-gradient GEMM by more than the separate
+kernel costs (PERF.md).
 
 Backward's bias-gradient kernel (memory-bound) runs beside the stream (runtime.beside), overlapping
 the weight and input-gradient GEMMs (compute-bound); nothing needs the bias gradient before the
-optimizer. (The weight-gradient GEMMs beside as well measured no faster: two GEMMs only share the SMs.)
+optimizer. (The weight-gradient GEMMs stay on the stream: beside, two GEMMs only share the SMs; PERF.md.)
 
 Any shape: cuBLASLt's plain GEMMs take unaligned pointers and leading dimensions (gemm tells its heuristic
 the pointers' alignment). Where its bias and GELU epilogues do not take the operands (_epilogue_takes), the
@@ -17,7 +17,7 @@ import numpy as np
 from llmc.core.gpu.cublaslt import Epilogue, gemm
 from llmc.core.gpu.gelu import gelu_backward, gelu_forward
 from llmc.core.gpu.gelu_gemm import gelu_gemm
-from llmc.core.gpu.runtime import (BF16, NUM_SMS, aligned, beside, cdiv, check, check_arrays, launch, pack_width,
+from llmc.core.gpu.runtime import (BF16, aligned, beside, cdiv, check, check_arrays, current, launch, pack_width,
                                    rows, scratch, settle)
 
 BIAS_WARPS = 8  # kernels/matmul.cu's block tile: BIAS_WARPS rows of 32 packs
@@ -103,7 +103,7 @@ def bias_backward(dbias, dout, N: int, OC: int, on=None) -> None:
     """dbias (OC) += dout (N, OC) summed over rows, via fp32 partials per row slice."""
     pack = pack_width(OC, dout)
     tiles = cdiv(OC, 32 * pack)
-    slices = max(1, min(cdiv(N, BIAS_WARPS), cdiv(4 * NUM_SMS, tiles)))  # ~4 blocks per SM
+    slices = max(1, min(cdiv(N, BIAS_WARPS), cdiv(4 * current().sms, tiles)))  # ~4 blocks per SM
     partial = scratch("bias_partial", slices * OC * 4)
     launch("matmul", "bias_backward_partial", (tiles, slices), (32, BIAS_WARPS),
            (partial, dout, np.int32(N), np.int32(OC)), on=on, pack=pack)

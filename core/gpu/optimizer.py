@@ -6,12 +6,9 @@ import functools
 
 import numpy as np
 
-from llmc.core.gpu.runtime import (BF16, NUM_SMS, after_side_work, cdiv, check, check_arrays, launch,
-                                   launch_named, ptr, scratch, to_device)
+from llmc.core.gpu.runtime import (BF16, after_side_work, cdiv, check, check_arrays, current, launch, launch_named,
+                                   ptr, scratch, to_device)
 from llmc.core.primitives import AdamW
-
-NORM_BLOCKS = 4 * NUM_SMS
-
 
 @after_side_work
 def global_norm_squared(out, grads) -> None:
@@ -19,9 +16,10 @@ def global_norm_squared(out, grads) -> None:
     check_arrays("global_norm_squared", BF16, grads, align=16)
     check_arrays("global_norm_squared", np.float32, out)
     check(out.size >= 1, "global_norm_squared: out needs one element")
-    partial = scratch("norm_partial", NORM_BLOCKS * 4)
-    launch("global_norm", "norm_squared_partial", NORM_BLOCKS, 512, (partial, grads, np.int64(grads.size)))
-    launch("global_norm", "norm_squared_finish", 1, 1024, (out, partial, np.int32(NORM_BLOCKS)))
+    blocks = 4 * current().sms
+    partial = scratch("norm_partial", blocks * 4)
+    launch("global_norm", "norm_squared_partial", blocks, 512, (partial, grads, np.int64(grads.size)))
+    launch("global_norm", "norm_squared_finish", 1, 1024, (out, partial, np.int32(blocks)))
 
 
 @functools.cache

@@ -1,7 +1,8 @@
-"""The GPU backend's runtime: CuPy, the backend's own CUDA stream, the kernel loader, launch
-checks and never-freed scratch buffers (a captured CUDA graph keeps pointing at them).
+"""The GPU backend's runtime: CuPy, the GPU this process uses and the backend's own CUDA streams
+(taken by init, explicitly: importing the backend touches no GPU), the kernel loader, launch checks
+and never-freed scratch buffers (a captured CUDA graph keeps pointing at them).
 
-Everything runs on the backend's own stream, made CuPy's current stream on import, so array code
+Everything runs on the backend's own stream, made CuPy's current stream by init, so array code
 in the training loop (`grads.fill(0)`) stays ordered with the primitives and lands in the same
 graph when captured. It is a blocking stream: work someone queues on the legacy default stream
 still waits for it (and the other way round) instead of racing.
@@ -9,6 +10,7 @@ still waits for it (and the other way round) instead of racing.
 
 import functools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,23 +30,58 @@ try:
 except ImportError as e:
     raise LlmcError("ml_dtypes (CuPy's bfloat16 dtype) is not installed: pip install ml_dtypes") from e
 
-try:
-    _num_devices = cp.cuda.runtime.getDeviceCount()
-except cp.cuda.runtime.CUDARuntimeError as e:
-    raise LlmcError(f"no usable CUDA GPU: {e}") from e
-if _num_devices == 0:
-    raise LlmcError("no CUDA GPU found: the GPU backend needs an NVIDIA GPU")
-
 BF16 = np.dtype(ml_dtypes.bfloat16)
 KERNELS = Path(__file__).parent / "kernels"
-DEVICE = cp.cuda.Device()
-DEVICE_NAME = cp.cuda.runtime.getDeviceProperties(DEVICE.id)["name"].decode()
-NUM_SMS = DEVICE.attributes["MultiProcessorCount"]
 
-stream = cp.cuda.Stream(non_blocking=False)
-stream.use()
-# a second stream for side work: forked from `stream`, joined back where the stream needs it
-side_stream = cp.cuda.Stream(non_blocking=True)
+
+@dataclass(frozen=True)
+class Gpu:
+    """The GPU this process trains on, and the backend's streams there."""
+    id: int
+    name: str
+    sms: int  # multiprocessors
+    max_shared_memory: int  # per block, opted in
+    compute_capability: str
+    stream: "cp.cuda.Stream"  # where every primitive runs (blocking: ordered with the legacy default stream)
+    side_stream: "cp.cuda.Stream"  # side work forked from `stream`, joined back where the stream needs it
+
+
+_gpu: Gpu | None = None
+
+
+def init(device: int | None = None) -> Gpu:
+    """Take GPU `device` for this process (once; again only with the same device, or None): make it
+    current and create the backend's streams there, the stream becoming CuPy's current stream. None
+    keeps the GPU taken already, or takes GPU 0."""
+    global _gpu
+    if _gpu is not None:
+        if device is not None and _gpu.id != device:
+            raise LlmcError(f"the GPU backend already runs on GPU {_gpu.id}, not {device}")
+        return _gpu
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except cp.cuda.runtime.CUDARuntimeError as e:
+        raise LlmcError(f"no usable CUDA GPU: {e}") from e
+    if count == 0:
+        raise LlmcError("no CUDA GPU found: the GPU backend needs an NVIDIA GPU")
+    device = device or 0
+    if not 0 <= device < count:
+        raise LlmcError(f"GPU {device} does not exist: this machine has {count}")
+    gpu = cp.cuda.Device(device)
+    gpu.use()
+    stream = cp.cuda.Stream(non_blocking=False)
+    stream.use()
+    _gpu = Gpu(device, cp.cuda.runtime.getDeviceProperties(device)["name"].decode(),
+               gpu.attributes["MultiProcessorCount"], gpu.attributes["MaxSharedMemoryPerBlockOptin"],
+               gpu.compute_capability, stream, cp.cuda.Stream(non_blocking=True))
+    return _gpu
+
+
+def current() -> Gpu:
+    """The GPU init took."""
+    if _gpu is None:
+        raise LlmcError("the GPU backend was used before llmc.core.gpu.runtime.init(device)")
+    return _gpu
 
 
 def wait_for(waiter: "cp.cuda.Stream", other: "cp.cuda.Stream") -> None:
@@ -75,10 +112,11 @@ def _overlap(spans: list[tuple[int, int]], others: list[tuple[int, int]]) -> boo
 def beside(work: Callable[["cp.cuda.Stream"], None], reads: tuple, writes: tuple) -> None:
     """Queue work(side_stream) after what the stream holds so far, without the stream waiting for it;
     it reads only `reads` and writes only `writes` (arrays)."""
-    wait_for(side_stream, stream)
-    work(side_stream)
+    gpu = current()
+    wait_for(gpu.side_stream, gpu.stream)
+    work(gpu.side_stream)
     done = cp.cuda.Event(disable_timing=True)
-    done.record(side_stream)
+    done.record(gpu.side_stream)
     _side_work.append((done, _spans(reads), _spans(writes)))
 
 
@@ -89,14 +127,14 @@ def settle(reads: tuple = (), writes: tuple = ()) -> None:
     last = max((i for i, (_, side_reads, side_writes) in enumerate(_side_work)
                 if _overlap(writes, side_reads + side_writes) or _overlap(reads, side_writes)), default=-1)
     if last >= 0:
-        stream.wait_event(_side_work[last][0])
+        current().stream.wait_event(_side_work[last][0])
         del _side_work[:last + 1]
 
 
 def join_side_work() -> None:
     """Make the stream wait for all side work queued so far."""
     if _side_work:
-        stream.wait_event(_side_work[-1][0])
+        current().stream.wait_event(_side_work[-1][0])
         _side_work.clear()
 
 
@@ -112,7 +150,7 @@ def after_side_work(primitive: Callable) -> Callable:
 def time_ms(run: Callable[[], None], runs: int, on: "cp.cuda.Stream | None" = None) -> float:
     """Mean milliseconds of `runs` calls of run() queued on `on` (default: the stream), after one
     untimed call that loads its kernel. For choosing among kernels, eagerly: it synchronizes."""
-    on = on or stream
+    on = on or current().stream
     start, end = cp.cuda.Event(), cp.cuda.Event()
     run()
     start.record(on)
@@ -159,7 +197,7 @@ def launch(file: str, name: str, grid: int | tuple, block: int | tuple, args: tu
         k.max_dynamic_shared_size_bytes = shared_mem
     grid = grid if isinstance(grid, tuple) else (grid,)
     block = block if isinstance(block, tuple) else (block,)
-    with on or stream:  # RawKernel launches on CuPy's current stream
+    with on or current().stream:  # RawKernel launches on CuPy's current stream
         k(grid, block, args, shared_mem=shared_mem)
 
 
@@ -237,7 +275,7 @@ def scratch(tag: str, nbytes: int):
     """A device buffer of at least nbytes (uint8), reused across calls with the same tag."""
     buf = _scratch.get(tag)
     if buf is None or buf.nbytes < nbytes:
-        check(not stream.is_capturing(),
+        check(not current().stream.is_capturing(),
               f"GPU scratch '{tag}' would be allocated inside a CUDA graph capture; run the step once eagerly first")
         if buf is not None:
             _retired.append(buf)
@@ -255,19 +293,20 @@ def to_device(host, dtype=None):
 
 def to_host(arr):
     join_side_work()
-    host = cp.asnumpy(arr, stream=stream)
+    host = cp.asnumpy(arr, stream=current().stream)
     return host.astype(np.float32) if host.dtype == BF16 or host.dtype == np.float16 else host
 
 
 def synchronize() -> None:
     join_side_work()
-    stream.synchronize()
+    current().stream.synchronize()
 
 
 def fetch(*arrays) -> Callable[[], list[np.ndarray]]:
     """Queue copies of the (contiguous) arrays into pinned host memory at this point of the stream;
     the returned callable waits for them (an event, not the whole stream) and gives the host arrays."""
     join_side_work()
+    stream = current().stream
     pinned = [cupyx.empty_pinned(a.shape, a.dtype) for a in arrays]
     for host, a in zip(pinned, arrays):
         check(a.flags.c_contiguous, "fetch: arrays must be contiguous")
@@ -284,7 +323,7 @@ def fetch(*arrays) -> Callable[[], list[np.ndarray]]:
 
 
 def device_name() -> str:
-    return DEVICE_NAME
+    return current().name
 
 
 def memory_used() -> int:
@@ -295,7 +334,7 @@ def memory_used() -> int:
 
 def promised_flops() -> float:
     """This device's dense bf16 FLOP/s (llm.c's MFU denominator), -1 when unknown (llm.c prints -100%)."""
-    return promised_bf16_flops(DEVICE_NAME)
+    return promised_bf16_flops(current().name)
 
 
 def graph(fn: Callable[[], None]) -> Callable[[], None]:
@@ -306,6 +345,7 @@ def graph(fn: Callable[[], None]) -> Callable[[], None]:
     state: dict[str, Any] = {"calls": 0, "graph": None}
 
     def run() -> None:
+        stream = current().stream
         state["calls"] += 1
         if state["calls"] == 1:
             with stream:

@@ -40,7 +40,7 @@ def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, gelu_fusion:
     import re
     import tempfile
 
-    from llmc.core import gpu
+    from llmc.core.backends import get_backend
     from llmc.core.formats import write_shard
     from llmc.core.train import Trainer
     from llmc.core.train_config import TrainConfig
@@ -53,7 +53,7 @@ def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, gelu_fusion:
         cfg = TrainConfig(train_data=f"{tmp}/train.bin", val_data=f"{tmp}/val.bin", model=model, B=B, T=T,
                           max_steps=warmup + steps, val_every=10 ** 9, val_max_steps=1, sample_every=0,
                           gelu_fusion=gelu_fusion, recompute=0)
-        trainer = Trainer(cfg, gpu, out=lines.append)
+        trainer = Trainer(cfg, get_backend("gpu"), out=lines.append)
         trainer.run()
         mem = device_used_mib()
     step_ms = [float(m.group(1)) for m in map(re.compile(r"^step .*\| ([0-9.]+) ms \|").match, lines) if m]
@@ -66,10 +66,12 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
     """GPU milliseconds per primitive (and matmul shape) over one eager step, events around calls."""
     import cupy as cp
 
-    from llmc.core import families, gpu
+    from llmc.core import families
+    from llmc.core.backends import get_backend
     from llmc.core.model import GPT
     from llmc.core.primitives import AdamW
 
+    gpu = get_backend("gpu")
     totals, counts = defaultdict(float), defaultdict(int)
     pending = []
 
@@ -80,9 +82,9 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
                 key = f"{name} {tuple(args[2 if name.endswith('forward') else 5].shape)}" + \
                       (" gelu" if kwargs.get("pre_gelu") is not None else "")
             start, end = cp.cuda.Event(), cp.cuda.Event()
-            start.record(gpu.runtime.stream)
+            start.record(gpu.runtime.current().stream)
             fn(*args, **kwargs)
-            end.record(gpu.runtime.stream)
+            end.record(gpu.runtime.current().stream)
             pending.append((key, start, end))
         return call
 

@@ -105,9 +105,8 @@ __device__ __forceinline__ void ln_backward_pass2(bf16* dinp, pack_t graw, pack_
 // packs per lane held in registers through the row (dout, inp and dinp): C = 768 read once at PACK 8;
 // channels past 3 * 32 * PACK are re-read (from L1/L2)
 #define LN_CACHED 3
-// blocks of 256 per SM the register budget allows (layernorm.py launches that many per SM). On an
-// H100 at d12, B=16: 2 (90 registers) 40 us, 4 (64 registers, spilling) 62 us, the first version's
-// 167 registers (1 block) 84 us.
+// blocks of 256 per SM the register budget allows (layernorm.py launches that many per SM): 2 keeps
+// the cached packs in registers without spilling (PERF.md, "From the code's comments")
 #define LN_MIN_BLOCKS 2
 
 // Backward, part 1. Each warp walks rows (stride: all warps of the grid): dinp += the row's input

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("cupy")
 from llmc.tests.core.gpu.util import assert_close, cp, dev, gpu, host, rand, rng  # noqa: E402,F401
 
-from llmc.core.gpu import cublaslt  # noqa: E402
+from llmc.core.gpu import cublaslt, tuning_cache  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -46,7 +46,7 @@ def test_tuned_algorithm_is_kept_on_disk_and_reused(plans, rng, monkeypatch):
     run, want = _product(rng)
     first = run()
     assert_close(first, want, 1e-2, "tuned gemm")
-    assert cublaslt._read_cache() == {repr(plans[-1].key): list(cublaslt._config(plans[-1].chosen))}
+    assert tuning_cache._read_cache() == {repr(plans[-1].key): list(cublaslt._config(plans[-1].chosen))}
 
     cublaslt._plan.cache_clear()  # a new process's plan: no timing, the same algorithm, the same bits
     monkeypatch.setattr(cublaslt._Plan, "_tune", lambda *a: pytest.fail("timed again despite the cache"))
@@ -61,7 +61,7 @@ def test_unreadable_or_stale_cache_is_timed_again(plans, rng, content):
     run, want = _product(rng)
     run()
     key = plans[-1].key
-    cublaslt._cache_file().write_text(content.replace("DEVICE", cublaslt._device_tag()).replace("KEY", repr(key)))
+    tuning_cache._cache_file().write_text(content.replace("DEVICE", tuning_cache._device_tag()).replace("KEY", repr(key)))
     cublaslt._plan.cache_clear()
     assert_close(run(), want, 1e-2, "gemm after a bad cache")
     assert cublaslt._cached_config(key) == cublaslt._config(plans[-1].chosen)

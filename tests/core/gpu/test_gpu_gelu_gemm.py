@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("cupy")
 from llmc.tests.core.gpu.util import assert_close, cp, cpu, dev, gpu, host, rand, rng  # noqa: E402,F401
 
-from llmc.core.gpu import cublaslt, gelu_gemm  # noqa: E402
+from llmc.core.gpu import cudnn as gpu_cudnn, gelu_gemm, tuning_cache  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -39,11 +39,11 @@ def product(rng):
 
 
 def _gelu_entries() -> dict:
-    return {k: v for k, v in cublaslt._read_cache().items() if k.startswith("gelu_gemm ")}
+    return {k: v for k, v in tuning_cache._read_cache().items() if k.startswith("gelu_gemm ")}
 
 
 def test_cudnn_and_cublaslt_both_match_the_cpu(fresh, product, monkeypatch):
-    if gelu_gemm.cudnn is None:
+    if gpu_cudnn.module() is None:
         pytest.skip("cuDNN frontend not installed")
     run, want, want_pre = product
     plans = gelu_gemm._Graph(KEY).names
@@ -64,7 +64,7 @@ def test_choice_is_timed_once_kept_on_disk_and_reused(fresh, product, monkeypatc
     first, first_pre = run()
     assert_close(first, want, BF16_REL, "out")
     entries = _gelu_entries()
-    if gelu_gemm.cudnn is None:
+    if gpu_cudnn.module() is None:
         assert not entries and gelu_gemm._chosen[KEY] is None
         return
     (choice,), = entries.values()
@@ -79,12 +79,12 @@ def test_choice_is_timed_once_kept_on_disk_and_reused(fresh, product, monkeypatc
 @pytest.mark.parametrize("content", ['{"DEVICE": {"KEY": "x"}}', '{"DEVICE": {"KEY": ["no such plan"]}}',
                                      '{"DEVICE": {"KEY": [1, 2]}}'])
 def test_unusable_cached_choice_is_timed_again(fresh, product, content):
-    if gelu_gemm.cudnn is None:
+    if gpu_cudnn.module() is None:
         pytest.skip("cuDNN frontend not installed")
     run, want, _ = product
     run()
     (key,) = _gelu_entries()
-    cublaslt._cache_file().write_text(content.replace("DEVICE", cublaslt._device_tag()).replace("KEY", key))
+    tuning_cache._cache_file().write_text(content.replace("DEVICE", tuning_cache._device_tag()).replace("KEY", key))
     gelu_gemm._chosen.clear()
     assert_close(run()[0], want, BF16_REL, "out after a bad cache")
     (choice,), = _gelu_entries().values()
@@ -92,7 +92,7 @@ def test_unusable_cached_choice_is_timed_again(fresh, product, content):
 
 
 def test_without_cudnn_cublaslt_runs(fresh, product, monkeypatch):
-    monkeypatch.setattr(gelu_gemm, "cudnn", None)
+    monkeypatch.setattr(gpu_cudnn, "module", lambda: None)
     run, want, want_pre = product
     out, pre = run()
     assert gelu_gemm._chosen[KEY] is None and not _gelu_entries()

@@ -15,6 +15,8 @@ if _devices == 0:
 
 from llmc.core import cpu, gpu  # noqa: E402
 
+gpu.runtime.init()
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
