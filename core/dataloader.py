@@ -1,4 +1,4 @@
-"""llm.c's distributed data loader (llmc/dataloader.h) over token shards.
+"""llm.c's distributed data loader (llmc/dataloader.h) over token shards, gpt-2's (uint16) or llama-3's (uint32).
 
 A sample is B*T+1 tokens at token offset sample * (num_processes*B*T) + rank*B*T; a shard holds
 (2*ntok - 2) // (2*num_processes*B*T) samples. The training loader shuffles with mt19937 seeded
@@ -27,12 +27,16 @@ class DataLoader:
         if not self.files:
             raise LlmcError(f"no files found matching the pattern: {pattern}")
         self.B, self.T, self.rank, self.nproc, self.shuffle = B, T, rank, num_processes, shuffle
-        self.num_tokens = 0
+        self.num_tokens, dtypes = 0, set()
         for f in self.files:  # validate every shard up front so a bad one fails now, not mid-run
-            ntok = len(read_shard(f))
-            if ntok < num_processes * B * T + 1:
-                raise LlmcError(f"{f}: {ntok} tokens, too few for one batch of B*T+1 = {num_processes * B * T + 1}")
-            self.num_tokens += ntok
+            tokens = read_shard(f)
+            if len(tokens) < num_processes * B * T + 1:
+                raise LlmcError(f"{f}: {len(tokens)} tokens, too few for one batch of B*T+1 = "
+                                f"{num_processes * B * T + 1}")
+            self.num_tokens += len(tokens)
+            dtypes.add(tokens.dtype)
+        if len(dtypes) > 1:  # one model's tokens: gpt-2's and llama-3's ids mean different things
+            raise LlmcError(f"{pattern}: mixes gpt-2 (uint16) and llama-3 (uint32) token shards")
         if shuffle:
             self.rng = MT19937(42 + rank)
             self.shard_order = np.arange(len(self.files))

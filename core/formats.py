@@ -21,7 +21,11 @@ from llmc.core.errors import LlmcError
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 
-SHARD_MAGIC, SHARD_VERSION = 20240520, 1
+SHARD_MAGIC, SHARD_VERSION = 20240520, 1  # gpt-2 token shards: uint16 tokens
+LLAMA3_SHARD_MAGIC, LLAMA3_SHARD_VERSION = 20240801, 7  # llama-3 token shards: uint32 tokens
+# model descriptor -> (magic, version, token dtype): llm.c's HEADERS_INFO (dev/data/data_common.py)
+SHARD_FORMATS = {"gpt-2": (SHARD_MAGIC, SHARD_VERSION, "<u2"),
+                 "llama-3": (LLAMA3_SHARD_MAGIC, LLAMA3_SHARD_VERSION, "<u4")}
 EVAL_MAGIC, EVAL_VERSION = 20240522, 1
 MODEL_MAGIC, MODEL_FP32, MODEL_BF16 = 20240326, 3, 5
 STATE_MAGIC, STATE_VERSION = 20240327, 2
@@ -93,24 +97,32 @@ def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- token shards
 
-def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
-    """A training/validation shard: header [magic, 1, ntok], then ntok uint16 tokens."""
+def write_shard(path: str | os.PathLike, tokens: np.ndarray, model_desc: str = "gpt-2") -> None:
+    """A training/validation shard: header [magic, version, ntok], then ntok tokens in model_desc's dtype."""
+    magic, version, dtype = SHARD_FORMATS[model_desc]
     tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise LlmcError(f"{path}: token ids must fit in uint16")
+    if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(dtype).max):
+        raise LlmcError(f"{path}: token ids must fit in {np.dtype(dtype).name} ({model_desc})")
     with atomic_write(path) as f:
-        f.write(make_header(SHARD_MAGIC, SHARD_VERSION, tokens.size).tobytes())
-        f.write(tokens.astype("<u2").tobytes())
+        f.write(make_header(magic, version, tokens.size).tobytes())
+        f.write(tokens.astype(dtype).tobytes())
 
 
 def read_shard(path: str | os.PathLike) -> np.ndarray:
-    """Memory-map a token shard as uint16 (read-only), checking its header and length."""
-    header = read_header(path, SHARD_MAGIC, (SHARD_VERSION,), "token shard")
-    ntok = int(header[2])
-    check_size(path, HEADER_BYTES + 2 * ntok, "token shard")
+    """Memory-map a token shard (read-only), checking its header and length: uint16 tokens under
+    gpt-2's magic, uint32 under llama-3's."""
+    kinds = {magic: (version, dtype) for magic, version, dtype in SHARD_FORMATS.values()}
+    with open(path, "rb") as f:
+        magic = int.from_bytes(f.read(4), "little", signed=True)
+    if magic not in kinds and os.path.getsize(path) >= HEADER_BYTES:
+        raise LlmcError(f"{path}: bad magic {magic} (expected {SHARD_MAGIC} for gpt-2 or {LLAMA3_SHARD_MAGIC} "
+                        f"for llama-3): not a token shard file")
+    version, dtype = kinds.get(magic, kinds[SHARD_MAGIC])  # an unknown magic here means a short file
+    ntok = int(read_header(path, magic, (version,), "token shard")[2])
+    check_size(path, HEADER_BYTES + np.dtype(dtype).itemsize * ntok, "token shard")
     if ntok == 0:
-        return np.zeros(0, dtype=np.uint16)
-    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(ntok,))
 
 
 # ----------------------------------------------------------------------------- eval shards

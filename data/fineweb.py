@@ -1,8 +1,8 @@
 """FineWeb and FineWeb-Edu (llm.c dev/data/fineweb.py): the sample-10BT / sample-100BT subsets.
 
 The hub's parquet files in sorted order (the order the datasets library loads them), every document
-EOT + tokens of its "text", cut every shard_size tokens into {name}_val_000000.bin (the first shard)
-and {name}_train_%06d.bin; name is fineweb or edu_fineweb.
+EOT (llama-3: BOS) + tokens of its "text", cut every shard_size tokens into {name}_val_000000.bin
+(the first shard) and {name}_train_%06d.bin; name is fineweb or edu_fineweb.
 """
 
 from llmc.core.errors import LlmcError
@@ -18,8 +18,9 @@ def prepare(cfg: PreproConfig) -> list[Written]:
         files = local_files(cfg.input)
     else:  # sample-10BT lives in sample/10BT/*.parquet
         files = hub_files(REPOS[cfg.name], f"sample/{cfg.version}T/*.parquet")
-    tokens = tokenize(file_pieces(files, ("text",)), cfg.workers, parquet_rows(files), cfg.name, cfg.progress)
-    written = write_sharded(tokens, cfg.out_dir, cfg.name, cfg.shard_size)
+    tokens = tokenize(file_pieces(files, ("text",)), cfg.workers, parquet_rows(files), cfg.name, cfg.progress,
+                      cfg.tokenizer)
+    written = write_sharded(tokens, cfg.out_dir, cfg.name, cfg.shard_size, cfg.model_desc)
     if not written:
         raise LlmcError(f"{cfg.input or files[0].parent}: no documents")
     return written

@@ -3,10 +3,11 @@
 The input arrives as pieces: functions returning a list of documents, read where they are tokenized.
 A parquet row group is read by the worker that tokenizes it, so with many workers the main process
 only writes; other text is read here and handed over in batches of about BATCH_CHARS characters.
-Each piece becomes [EOT, doc tokens, EOT, doc tokens, ...] as one uint16 array, in input order: in
-this process, or with workers > 1 in a process pool with a bounded number of pieces in flight, so
-memory stays flat however big the dataset. The token stream is then cut into files, each streamed
-to a temporary name and renamed when complete, its header patched with the final count.
+Each piece becomes [EOT, doc tokens, EOT, doc tokens, ...] as one uint16 array (llama-3: BOS for
+EOT, uint32), in input order: in this process, or with workers > 1 in a process pool with a bounded
+number of pieces in flight, so memory stays flat however big the dataset. The token stream is then
+cut into files, each streamed to a temporary name and renamed when complete, its header patched with
+the final count.
 """
 
 import signal
@@ -24,8 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from llmc.core.errors import LlmcError
-from llmc.core.formats import SHARD_MAGIC, SHARD_VERSION, atomic_write, make_header, write_eval_shard
-from llmc.data import Written
+from llmc.core.formats import SHARD_FORMATS, atomic_write, make_header, write_eval_shard
+from llmc.data import Written, llama3_tokenizer
 from llmc.data.sources import given, parquet_pieces, read_texts
 from llmc.data.tokenizer import encode_documents, gpt2_encoding
 
@@ -58,20 +59,30 @@ def file_pieces(files: list[Path], fields: tuple[str, ...]) -> Iterator[Piece]:
         yield from parquet_pieces(path, fields) if path.suffix == ".parquet" else text_pieces(read_texts(path, fields))
 
 
-def init_worker() -> None:
+def load_tokenizer(tokenizer: Path | None) -> None:
+    """GPT-2's tokenizer (None) or the Llama 3 tokenizer at a path, loaded into this process."""
+    if tokenizer is None:
+        gpt2_encoding()
+    else:
+        llama3_tokenizer.load(tokenizer)
+
+
+def init_worker(tokenizer: Path | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's: it ends the pool
-    gpt2_encoding()
+    load_tokenizer(tokenizer)
 
 
-def encode_piece(piece: Piece) -> tuple[int, np.ndarray]:
-    return encode_documents(piece())
+def encode_piece(tokenizer: Path | None, piece: Piece) -> tuple[int, np.ndarray]:
+    texts = piece()
+    return encode_documents(texts) if tokenizer is None else llama3_tokenizer.encode_documents(tokenizer, texts)
 
 
-def in_order(pool: Pool, pieces: Iterable[Piece], window: int) -> Iterator[tuple[int, np.ndarray]]:
+def in_order(pool: Pool, pieces: Iterable[Piece], window: int, tokenizer: Path | None,
+             ) -> Iterator[tuple[int, np.ndarray]]:
     """encode_piece over the pieces in the pool, results in order, at most `window` in flight."""
     pending = deque()
     for piece in pieces:
-        pending.append(pool.apply_async(encode_piece, (piece,)))
+        pending.append(pool.apply_async(encode_piece, (tokenizer, piece)))
         if len(pending) >= window:
             yield pending.popleft().get()
     while pending:
@@ -79,18 +90,20 @@ def in_order(pool: Pool, pieces: Iterable[Piece], window: int) -> Iterator[tuple
 
 
 def tokenize(pieces: Iterable[Piece], workers: int = 1, total: int | None = None, desc: str = "tokenizing",
-             progress: bool = True) -> Iterator[np.ndarray]:
-    """Each document as EOT + its tokens, concatenated into uint16 arrays, in document order."""
+             progress: bool = True, tokenizer: Path | None = None) -> Iterator[np.ndarray]:
+    """Each document as EOT + its GPT-2 tokens, concatenated into uint16 arrays, in document order; with
+    a Llama 3 tokenizer (its path), BOS + its tokens in uint32 arrays."""
     pieces = iter(pieces)
     first = list(islice(pieces, 2))  # a single piece is not worth starting a pool
     pieces = chain(first, pieces)
-    gpt2_encoding()  # loaded before any fork: forked workers inherit it
+    load_tokenizer(tokenizer)  # loaded before any fork: forked workers inherit it
     with ExitStack() as stack:
         if workers > 1 and len(first) > 1:
-            pool = stack.enter_context(get_context(START_METHOD).Pool(workers, initializer=init_worker))
-            results = in_order(pool, pieces, window=2 * workers)
+            pool = stack.enter_context(get_context(START_METHOD).Pool(workers, initializer=init_worker,
+                                                                      initargs=(tokenizer,)))
+            results = in_order(pool, pieces, 2 * workers, tokenizer)
         else:
-            results = map(encode_piece, pieces)
+            results = map(partial(encode_piece, tokenizer), pieces)
         bar = stack.enter_context(tqdm(total=total, unit="doc", unit_scale=True, desc=desc, disable=not progress,
                                        dynamic_ncols=True))
         start, ntok = time.perf_counter(), 0
@@ -125,22 +138,27 @@ class TokenStream:
             n = None if n is None else n - k
 
 
-def write_tokens(path: Path, chunks: Iterable[np.ndarray]) -> Written:
-    """One llm.c token shard from a stream of uint16 arrays, never whole in memory."""
+def write_tokens(path: Path, chunks: Iterable[np.ndarray], model_desc: str = "gpt-2") -> Written:
+    """One llm.c token shard from a stream of token arrays (uint16 for gpt-2, uint32 for llama-3), never
+    whole in memory."""
+    magic, version, dtype = SHARD_FORMATS[model_desc]
     ntok = 0
     with atomic_write(path) as f:
-        f.write(make_header(SHARD_MAGIC, SHARD_VERSION, 0).tobytes())  # count patched below
+        f.write(make_header(magic, version, 0).tobytes())  # count patched below
         for chunk in chunks:
             ntok += chunk.size
             if ntok > MAX_SHARD_TOKENS:
                 raise LlmcError(f"{path}: more than {MAX_SHARD_TOKENS:,} tokens do not fit llm.c's int32 count")
-            f.write(chunk.astype("<u2", copy=False).data)
+            if chunk.size and chunk.max() > np.iinfo(dtype).max:  # llm.c asserts this too: no id may wrap
+                raise LlmcError(f"{path}: token id {chunk.max()} does not fit {model_desc}'s {np.dtype(dtype).name}")
+            f.write(chunk.astype(dtype, copy=False).data)
         f.seek(0)
-        f.write(make_header(SHARD_MAGIC, SHARD_VERSION, ntok).tobytes())
+        f.write(make_header(magic, version, ntok).tobytes())
     return Written(path, ntok, "tokens")
 
 
-def write_sharded(tokens: Iterable[np.ndarray], out_dir: Path, name: str, shard_size: int) -> list[Written]:
+def write_sharded(tokens: Iterable[np.ndarray], out_dir: Path, name: str, shard_size: int,
+                  model_desc: str = "gpt-2") -> list[Written]:
     """fineweb.py's layout: the stream cut every shard_size tokens (the last shard keeps the rest) into
     {name}_val_000000.bin, {name}_train_000001.bin, ... A document may straddle two shards."""
     if not 0 < shard_size <= MAX_SHARD_TOKENS:
@@ -149,7 +167,7 @@ def write_sharded(tokens: Iterable[np.ndarray], out_dir: Path, name: str, shard_
     while not stream.exhausted():
         i = len(written)
         path = out_dir / f"{name}_{'val' if i == 0 else 'train'}_{i:06d}.bin"
-        written.append(write_tokens(path, stream.take(shard_size)))
+        written.append(write_tokens(path, stream.take(shard_size), model_desc))
     return written
 
 

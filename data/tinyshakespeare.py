@@ -1,8 +1,8 @@
 """TinyShakespeare (llm.c dev/data/tinyshakespeare.py): char-rnn's input.txt, 2 files.
 
-Every blank-line-separated section is a document: EOT, then the section with its "\\n\\n" kept (all
-but the last; llm.c keeps this for backward compatibility). val = the first 32,768 tokens, train =
-the rest: tiny_shakespeare_val.bin, tiny_shakespeare_train.bin.
+Every blank-line-separated section is a document: EOT (llama-3: BOS), then the section with its
+"\\n\\n" kept (all but the last; llm.c keeps this for backward compatibility). val = the first
+32,768 tokens, train = the rest: tiny_shakespeare_val.bin, tiny_shakespeare_train.bin.
 """
 
 from pathlib import Path
@@ -41,6 +41,6 @@ def prepare(cfg: PreproConfig) -> list[Written]:
     if not text.strip():
         raise LlmcError(f"{path}: empty text, nothing to tokenize")
     docs = sections(text)
-    stream = TokenStream(tokenize(text_pieces(docs), cfg.workers, len(docs), cfg.name, cfg.progress))
-    return [write_tokens(cfg.out_dir / "tiny_shakespeare_val.bin", stream.take(VAL_TOKENS)),
-            write_tokens(cfg.out_dir / "tiny_shakespeare_train.bin", stream.take(None))]
+    stream = TokenStream(tokenize(text_pieces(docs), cfg.workers, len(docs), cfg.name, cfg.progress, cfg.tokenizer))
+    return [write_tokens(cfg.out_dir / "tiny_shakespeare_val.bin", stream.take(VAL_TOKENS), cfg.model_desc),
+            write_tokens(cfg.out_dir / "tiny_shakespeare_train.bin", stream.take(None), cfg.model_desc)]

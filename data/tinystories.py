@@ -1,8 +1,8 @@
 """TinyStories (llm.c dev/data/tinystories.py): the 50 JSON files of TinyStories_all_data.tar.gz, 2 outputs.
 
 Files in sorted order; the first is val, the rest train. Each file's stories are shuffled with
-random.Random(1337 + the file's index within its split), stripped, and written as EOT + tokens:
-TinyStories_val.bin, TinyStories_train.bin. llm.c appends train files in the order its worker
+random.Random(1337 + the file's index within its split), stripped, and written as EOT (llama-3: BOS)
++ tokens: TinyStories_val.bin, TinyStories_train.bin. llm.c appends train files in the order its worker
 processes happen to finish; here they stay in sorted order, so train is reproducible.
 """
 
@@ -62,9 +62,10 @@ def prepare(cfg: PreproConfig) -> list[Written]:
     written = []
     for split, split_files in (("val", files[:1]), ("train", files[1:])):
         pieces = [partial(stories, path, 1337 + i) for i, path in enumerate(split_files)]
-        tokens = tokenize(pieces, cfg.workers, parquet_rows(split_files), f"{cfg.name} {split}", cfg.progress)
+        tokens = tokenize(pieces, cfg.workers, parquet_rows(split_files), f"{cfg.name} {split}", cfg.progress,
+                          cfg.tokenizer)
         stream = TokenStream(tokens)
         if stream.exhausted():
             raise LlmcError(f"{split_files[0].parent}: no stories in the {split} files")
-        written.append(write_tokens(cfg.out_dir / f"TinyStories_{split}.bin", stream.take(None)))
+        written.append(write_tokens(cfg.out_dir / f"TinyStories_{split}.bin", stream.take(None), cfg.model_desc))
     return written

@@ -136,6 +136,26 @@ def test_state_is_a_snapshot(tmp_path):
     assert [where(loader.next_batch()) for _ in range(30)] == first
 
 
+def test_llama3_shards_give_the_same_int32_batches(tmp_path):
+    tokens = 2**17 + np.arange(53)  # ids beyond uint16, as Llama 3's 128,256-token vocab has
+    write_shard(tmp_path / "l_000.bin", tokens, "llama-3")
+    loader = DataLoader(str(tmp_path / "l_*.bin"), B, T, shuffle=False)
+    assert loader.num_tokens == 53 and loader.tokens.dtype == np.uint32
+    for i in range(5):
+        x, y = loader.next_batch()
+        assert x.dtype == y.dtype == np.int32
+        np.testing.assert_array_equal(x.reshape(-1), tokens[i * B * T: (i + 1) * B * T])
+        np.testing.assert_array_equal(y.reshape(-1), tokens[i * B * T + 1: (i + 1) * B * T + 1])
+    assert loader.next_batch()[0][0, 0] == tokens[0]  # next epoch
+
+
+def test_gpt2_and_llama3_shards_in_one_glob_is_an_error(tmp_path):
+    write_shard(tmp_path / "m_000.bin", np.arange(50))
+    write_shard(tmp_path / "m_001.bin", np.arange(50), "llama-3")
+    with pytest.raises(LlmcError, match="mixes gpt-2 .* and llama-3"):
+        DataLoader(str(tmp_path / "m_*.bin"), B, T)
+
+
 def test_no_files_is_an_error(tmp_path):
     with pytest.raises(LlmcError, match="no files found matching"):
         DataLoader(str(tmp_path / "nothing_*.bin"), B, T)

@@ -57,16 +57,47 @@ def test_shard_round_trip_and_bytes(tmp_path):
     np.testing.assert_array_equal(got, tokens)
 
 
-def test_empty_shard_round_trip(tmp_path):
-    formats.write_shard(tmp_path / "e.bin", np.zeros(0, dtype=np.uint16))
-    assert formats.read_shard(tmp_path / "e.bin").size == 0
+def test_llama3_shard_round_trip_and_bytes(tmp_path):
+    path = tmp_path / "shard.bin"
+    tokens = np.array([128000, 0, 65535, 65536, 128255, 2**32 - 1], dtype=np.int64)
+    formats.write_shard(path, tokens, "llama-3")
+    raw = path.read_bytes()
+    assert len(raw) == 1024 + 4 * len(tokens)
+    assert header_ints(path, 3) == [20240801, 7, len(tokens)]  # llm.c's llama3 branch: magic, version 7, count
+    assert_header_tail_zero(path, 3)
+    assert raw[1024:] == struct.pack("<6I", *tokens.tolist())
+    got = formats.read_shard(path)
+    assert got.dtype == np.uint32 and not got.flags.writeable
+    np.testing.assert_array_equal(got, tokens)
 
 
-@pytest.mark.parametrize("bad", [-1, 65536])
-def test_shard_rejects_tokens_beyond_uint16(tmp_path, bad):
-    with pytest.raises(LlmcError, match="uint16"):
-        formats.write_shard(tmp_path / "s.bin", np.array([1, bad]))
+@pytest.mark.parametrize("model_desc, dtype", [("gpt-2", np.uint16), ("llama-3", np.uint32)])
+def test_empty_shard_round_trip(tmp_path, model_desc, dtype):
+    formats.write_shard(tmp_path / "e.bin", np.zeros(0, dtype=np.uint16), model_desc)
+    got = formats.read_shard(tmp_path / "e.bin")
+    assert got.size == 0 and got.dtype == dtype
+
+
+@pytest.mark.parametrize("model_desc, bad", [("gpt-2", -1), ("gpt-2", 65536), ("llama-3", -1), ("llama-3", 2**32)])
+def test_shard_rejects_tokens_beyond_its_dtype(tmp_path, model_desc, bad):
+    with pytest.raises(LlmcError, match="uint16" if model_desc == "gpt-2" else "uint32"):
+        formats.write_shard(tmp_path / "s.bin", np.array([1, bad]), model_desc)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("magic, version", [(20240520, 7), (20240801, 1)])
+def test_shard_version_must_match_its_magic(tmp_path, magic, version):
+    path = tmp_path / "s.bin"
+    formats.write_shard(path, np.arange(10), "gpt-2" if magic == 20240520 else "llama-3")
+    rewrite(path, 4, version)
+    expect_error(path, formats.read_shard, "version")
+
+
+def test_shard_bad_magic_names_both_kinds(tmp_path):
+    path = tmp_path / "s.bin"
+    formats.write_shard(path, np.arange(10))
+    rewrite(path, 0, 20240522)  # an eval file's magic
+    expect_error(path, formats.read_shard, "expected 20240520 for gpt-2 or 20240801 for llama-3")
 
 
 def test_eval_shard_round_trip_and_bytes(tmp_path):
@@ -213,12 +244,14 @@ def write_each(tmp_path: Path) -> dict[str, tuple[Path, callable]]:
     """One valid file of each kind, with its reader."""
     files = {
         "shard": (tmp_path / "shard.bin", formats.read_shard),
+        "llama3_shard": (tmp_path / "llama3.bin", formats.read_shard),
         "eval": (tmp_path / "eval.bin", formats.read_eval_shard),
         "model": (tmp_path / "model.bin", formats.read_model),
         "state": (tmp_path / "state.bin", lambda p: formats.read_debug_state(p, CFG)),
         "tokenizer": (tmp_path / "tok.bin", formats.read_tokenizer),
     }
     formats.write_shard(files["shard"][0], np.arange(100))
+    formats.write_shard(files["llama3_shard"][0], np.arange(100), "llama-3")
     formats.write_eval_shard(files["eval"][0], EXAMPLES)
     formats.write_model(files["model"][0], CFG, random_params(CFG))
     formats.write_debug_state(files["state"][0], debug_state(trailer=False))
@@ -226,7 +259,7 @@ def write_each(tmp_path: Path) -> dict[str, tuple[Path, callable]]:
     return files
 
 
-KINDS = ["shard", "eval", "model", "state", "tokenizer"]
+KINDS = ["shard", "llama3_shard", "eval", "model", "state", "tokenizer"]
 
 
 def rewrite(path: Path, offset: int, value: int) -> None:

@@ -2,14 +2,7 @@ import json
 
 import pytest
 
-from .util import run_prepro
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
-    return lines[0]
+from .util import one_error_line, run_prepro
 
 
 def test_help():

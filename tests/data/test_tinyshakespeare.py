@@ -7,14 +7,15 @@ from .util import ASSETS, EOT, run_prepro, shard_tokens
 CORPUS = ASSETS / "shakespeare.txt"
 
 
-def llmc_rules(enc, text: str) -> np.ndarray:
-    """tinyshakespeare.py's tokens: EOT before each "\\n\\n" section, which keeps its "\\n\\n" (not the last)."""
+def llmc_rules(enc, text: str, eot: int = EOT) -> np.ndarray:
+    """tinyshakespeare.py's tokens: EOT (llama-3: BOS) before each "\\n\\n" section, which keeps its "\\n\\n"
+    (not the last)."""
     sections = text.split("\n\n")
     tokens = []
     for i, s in enumerate(sections):
-        tokens.append(EOT)
+        tokens.append(eot)
         tokens.extend(enc.encode_ordinary(s + "\n\n" if i != len(sections) - 1 else s))
-    return np.array(tokens, dtype=np.uint16)
+    return np.array(tokens, dtype=np.int64)
 
 
 def test_shipped_corpus_matches_independent_encoding(tmp_path, ref_enc):

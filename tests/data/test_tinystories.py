@@ -8,16 +8,17 @@ from .test_shards import texts
 from .util import EOT, run_prepro, shard_tokens
 
 
-def llmc_split(enc, files: list[list[str]]) -> np.ndarray:
-    """tinystories.py for one split: file i's stories shuffled by Random(1337 + i), stripped, EOT-separated."""
+def llmc_split(enc, files: list[list[str]], eot: int = EOT) -> np.ndarray:
+    """tinystories.py for one split: file i's stories shuffled by Random(1337 + i), stripped, EOT-separated
+    (llama-3: BOS)."""
     tokens = []
     for i, stories in enumerate(files):
         data = [{"story": s} for s in stories]
         random.Random(1337 + i).shuffle(data)
         for example in data:
-            tokens.append(EOT)
+            tokens.append(eot)
             tokens.extend(enc.encode_ordinary(example["story"].strip()))
-    return np.array(tokens, dtype=np.uint16)
+    return np.array(tokens, dtype=np.int64)
 
 
 def make_files(folder) -> list[list[str]]:
