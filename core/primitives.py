@@ -70,11 +70,11 @@ class Primitives(Protocol):
         (CPU: the attention probabilities (B, NH, T, T); GPU: softmax log-sum-exp (B, NH, T))."""
 
     # ------------------------------------------------------------------ the layers
-    def encoder_forward(self, out: Array, inp: Array, wte: Array, wpe: Array) -> None:
-        """out (B,T,C) = wte[inp] + wpe[:T]; inp (B,T) int32."""
+    def encoder_forward(self, out: Array, inp: Array, wte: Array, wpe: Array | None) -> None:
+        """out (B,T,C) = wte[inp] + wpe[:T]; inp (B,T) int32. Without wpe (Llama: RoPE instead), wte[inp]."""
 
-    def encoder_backward(self, dwte: Array, dwpe: Array, dout: Array, inp: Array) -> None:
-        """dwte[inp] += dout; dwpe[:T] += dout summed over B."""
+    def encoder_backward(self, dwte: Array, dwpe: Array | None, dout: Array, inp: Array) -> None:
+        """dwte[inp] += dout; dwpe[:T] += dout summed over B (when given)."""
 
     def layernorm_forward(self, out: Array, mean: Array, rstd: Array, inp: Array, weight: Array, bias: Array) -> None:
         """out (B,T,C) = (inp - mean) * rstd * weight + bias, eps 1e-5; saves mean, rstd (B,T)."""
@@ -84,6 +84,13 @@ class Primitives(Protocol):
         """dinp += dL/dinp; dweight += ...; dbias += ... (all accumulate). dinp is the residual stream's
         gradient: with dproj_bias, also dproj_bias += the updated dinp summed over (B,T), the bias
         gradient of the projection whose output was added into that residual."""
+
+    def rmsnorm_forward(self, out: Array, rstd: Array, inp: Array, weight: Array, eps: float) -> None:
+        """out (B,T,C) = inp * rstd * weight with rstd (B,T) = 1 / sqrt(mean(inp^2) + eps), saved (Llama)."""
+
+    def rmsnorm_backward(self, dinp: Array, dweight: Array, dout: Array, inp: Array, weight: Array,
+                         rstd: Array) -> None:
+        """dinp += dL/dinp (the residual stream's gradient, as layernorm_backward's); dweight += ..."""
 
     def matmul_forward(self, out: Array, inp: Array, weight: Array, bias: Array | None,
                        pre_gelu: Array | None = None, residual: Array | None = None) -> None:
@@ -103,13 +110,32 @@ class Primitives(Protocol):
     def gelu_backward(self, dinp: Array, inp: Array, dout: Array) -> None:
         """dinp = gelu'(inp) * dout (dinp may be dout itself)."""
 
-    def attention_forward(self, out: Array, stats: Array, qkv: Array, num_heads: int) -> None:
-        """Causal multi-head attention, scale 1/sqrt(HS). qkv (B,T,3C) holds q, k, v side by side,
-        out (B,T,C); stats (attention_stats_shape) is saved for backward."""
+    def attention_forward(self, out: Array, stats: Array, qkv: Array, num_heads: int,
+                          num_kv_heads: int | None = None) -> None:
+        """Causal multi-head attention, scale 1/sqrt(HS). qkv (B,T,(NH+2*NKV)*HS) holds the NH query
+        heads, then NKV key heads, then NKV value heads (NKV = num_kv_heads, default NH: GPT-2's (B,T,3C));
+        query head h attends with key/value head h // (NH/NKV) (grouped-query attention). out (B,T,NH*HS);
+        stats (attention_stats_shape) is saved for backward."""
 
     def attention_backward(self, dqkv: Array, dout: Array, qkv: Array, out: Array, stats: Array,
-                           num_heads: int) -> None:
-        """dqkv (B,T,3C) = gradient of attention_forward given dout (B,T,C)."""
+                           num_heads: int, num_kv_heads: int | None = None) -> None:
+        """dqkv (B,T,(NH+2*NKV)*HS) = gradient of attention_forward given dout (B,T,NH*HS)."""
+
+    def rope_forward(self, out: Array, inp: Array, freqs_cis: Array, num_heads: int, num_kv_heads: int) -> None:
+        """Rotary position embedding of the query and key heads of a qkv tensor (B,T,(NH+2*NKV)*HS), laid
+        out as attention_forward's; the value heads are copied. Each head's channel pair (2i, 2i+1) at
+        position t turns by the angle whose (cos, sin) is freqs_cis[t, i] ((maxT, HS/2, 2) fp32, Llama 3's
+        table with its scaling applied): (x0 cos - x1 sin, x0 sin + x1 cos). out may not be inp."""
+
+    def rope_backward(self, dinp: Array, dout: Array, freqs_cis: Array, num_heads: int, num_kv_heads: int) -> None:
+        """dinp (B,T,(NH+2*NKV)*HS) = gradient of rope_forward given dout: each pair turned back."""
+
+    def swiglu_forward(self, out: Array, inp: Array) -> None:
+        """out (B,T,H) = inp[..., :H] * silu(inp[..., H:]) for inp (B,T,2H): Llama's MLP, c_fc's and c_fc2's
+        outputs side by side as llm.c fuses them; silu(x) = x * sigmoid(x)."""
+
+    def swiglu_backward(self, dinp: Array, inp: Array, dout: Array) -> None:
+        """dinp (B,T,2H) = gradient of swiglu_forward given dout (B,T,H)."""
 
     def softmax_crossentropy(self, losses: Array, logits: Array, targets: Array, vocab_size: int,
                              dloss: float | None = None) -> None:
@@ -157,6 +183,12 @@ PRIMITIVE_MAP: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "attention_backward": ("cpu/layers.py", "gpu/attention.py", ("attention.cu",),
                            "cuDNN SDPA; where cuDNN declines, cuBLASLt batched matmuls"),
     "softmax_crossentropy": ("cpu/layers.py", "gpu/classifier.py", ("classifier.cu",), ""),
+    "rmsnorm_forward": ("cpu/layers.py", "gpu/rmsnorm.py", ("rmsnorm.cu",), ""),
+    "rmsnorm_backward": ("cpu/layers.py", "gpu/rmsnorm.py", ("rmsnorm.cu",), ""),
+    "rope_forward": ("cpu/layers.py", "gpu/rope.py", ("rope.cu",), ""),
+    "rope_backward": ("cpu/layers.py", "gpu/rope.py", ("rope.cu",), ""),
+    "swiglu_forward": ("cpu/layers.py", "gpu/swiglu.py", ("swiglu.cu",), ""),
+    "swiglu_backward": ("cpu/layers.py", "gpu/swiglu.py", ("swiglu.cu",), ""),
     "global_norm_squared": ("cpu/optimizer.py", "gpu/optimizer.py", ("global_norm.cu",), ""),
     "adamw_update": ("cpu/optimizer.py", "gpu/optimizer.py", ("adamw.cu",), ""),
 }
