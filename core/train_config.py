@@ -53,6 +53,8 @@ class TrainConfig:
         for flag, value in finite.items():
             if not math.isfinite(value) or value < 0:
                 raise LlmcError(f"{flag} takes a finite number >= 0, not {value}")
+        if self.zero_stage not in (0, 1):
+            raise LlmcError("-z takes 0 or 1 (ZeRO-1)")
         if self.B < 1 or self.T < 1:
             raise LlmcError(f"-b and -t take sizes >= 1, not {self.B} and {self.T}")
         if self.max_steps == 0 or self.max_steps < -1:

@@ -28,8 +28,7 @@ def command(**options) -> None:
     from llmc.core import distributed
 
     cfg = train_config(options)
-    if cfg.zero_stage not in (0, 1):
-        raise LlmcError("-z takes 0 or 1 (ZeRO-1)")
+    cfg.validate()  # before NCCL's rendezvous: bad flags fail at once on every rank
     if options["log_gpu_every"] > 0:
         raise LlmcError("-lg (GPU utilization logging through NVML) is not supported by llmc")
     group = distributed.init(cfg.num_processes, cfg.process_rank, options["gpus_per_node"], options["init_method"],
