@@ -1,6 +1,7 @@
 """The GPU backend: CuPy, bf16 activations/parameters/gradients, fp32 optimizer state; cuBLASLt
 (nvmath-python) matmuls (the MLP's GELU one through cuDNN where that is faster), cuDNN flash attention
-(nvidia-cudnn-frontend, with a plain fallback) and llmc's own CUDA kernels (core/gpu/kernels).
+(nvidia-cudnn-frontend, with a plain fallback; grouped-query too) and llmc's own CUDA kernels
+(core/gpu/kernels), Llama 3's RMSNorm, RoPE and SwiGLU among them.
 Implements core/primitives.py. Importing it without CuPy raises LlmcError (never a silent fall back to
 the CPU) and touches no GPU: runtime.init(device) takes one (core.backends.get_backend does) and says
 so in one line where there is none."""
@@ -14,6 +15,9 @@ from llmc.core.gpu.gelu import gelu_backward, gelu_forward
 from llmc.core.gpu.layernorm import layernorm_backward, layernorm_forward
 from llmc.core.gpu.matmul import matmul_backward, matmul_forward
 from llmc.core.gpu.optimizer import adamw_update, global_norm_squared
+from llmc.core.gpu.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from llmc.core.gpu.rope import rope_backward, rope_forward
+from llmc.core.gpu.swiglu import swiglu_backward, swiglu_forward
 
 name = "gpu"
 xp = cp
@@ -24,6 +28,7 @@ __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "s
            "promised_flops", "device_name", "memory_used",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward",
-           "layernorm_backward", "matmul_forward", "matmul_backward",
-           "gelu_forward", "gelu_backward", "attention_forward", "attention_backward", "softmax_crossentropy",
+           "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward", "matmul_forward", "matmul_backward",
+           "gelu_forward", "gelu_backward", "attention_forward", "attention_backward",
+           "rope_forward", "rope_backward", "swiglu_forward", "swiglu_backward", "softmax_crossentropy",
            "global_norm_squared", "adamw_update"]

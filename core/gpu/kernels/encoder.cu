@@ -2,7 +2,8 @@
 // gradient rows are summed in position order).
 #include "common.cuh"
 
-// out (N,C) = wte[inp[n]] + wpe[n % T]; one thread per pack of PACK channels. Token ids outside [0, Vp)
+// out (N,C) = wte[inp[n]] + wpe[n % T], or wte[inp[n]] alone where wpe is null (Llama: RoPE instead);
+// one thread per pack of PACK channels. Token ids outside [0, Vp)
 // give NaN rows (the loss then turns NaN and the loop stops) instead of a wild read.
 extern "C" __global__ void encoder_forward(bf16* out, const int* inp, const bf16* wte, const bf16* wpe,
                                            int N, int T, int C, int Vp) {
@@ -16,11 +17,13 @@ extern "C" __global__ void encoder_forward(bf16* out, const int* inp, const bf16
 #pragma unroll
         for (int k = 0; k < PACK; k++) o[k] = QNAN;
     } else {
-        float a[PACK], b[PACK];
-        load_bf16(a, wte + (long)tok * C + c);
-        load_bf16(b, wpe + (long)t * C + c);
+        load_bf16(o, wte + (long)tok * C + c);
+        if (wpe) {
+            float b[PACK];
+            load_bf16(b, wpe + (long)t * C + c);
 #pragma unroll
-        for (int k = 0; k < PACK; k++) o[k] = a[k] + b[k];
+            for (int k = 0; k < PACK; k++) o[k] += b[k];
+        }
     }
     store_bf16(out + (long)n * C + c, o);
 }
