@@ -14,7 +14,8 @@ import numpy as np
 
 from llmc.core.config import GPTConfig, param_shapes
 from llmc.core.formats import read_debug_state, read_model
-from llmc.core.model import GPT, views
+from llmc.core.flat_model import views
+from llmc.core.model import GPT
 from llmc.core.primitives import AdamW
 
 # test_gpt2.c's optimizer (no gradient clipping)

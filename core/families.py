@@ -7,8 +7,8 @@ an architecture. They see a model only through a Family and the objects it makes
   `losses` (B, T), `norm_squared`, and optimizer_state / load_optimizer_state for checkpoints,
 - the KV-cache model that generation runs (core/sample.generate).
 
-GPT-2 (core/model.py) is the one family so far. A second (Llama 3) is a module beside core/model.py
-and an entry in FAMILIES; nothing in the loop branches on which family it trains.
+GPT-2 (core/model.py) and Llama 3 (core/llama.py) are the families: each a module beside the other and
+an entry in FAMILIES; nothing in the loop branches on which family it trains.
 """
 
 from dataclasses import dataclass
@@ -42,7 +42,16 @@ def gpt2() -> Family:
                   model.KVCacheModel)
 
 
-FAMILIES: dict[str, Callable[[], Family]] = {"gpt2": gpt2}  # built on use: no family is imported before it is needed
+def llama3() -> Family:
+    from llmc.core import llama, llama_config, llama_formats
+
+    return Family("llama3", llama_formats.LLAMA3_MAGIC, llama_config.config_from_descriptor, llama_config.describe,
+                  llama_config.num_parameters, llama_config.flops_per_token, llama_config.random_init,
+                  llama_formats.read_model, llama_formats.write_model, llama.Llama, llama.KVCacheModel)
+
+
+# built on use: no family is imported before it is needed
+FAMILIES: dict[str, Callable[[], Family]] = {"gpt2": gpt2, "llama3": llama3}
 
 
 def load(model: str, seed: int = 42) -> tuple[Family, Any, np.ndarray]:

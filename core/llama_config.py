@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.core.errors import LlmcError
-from llmc.core.model import views
+from llmc.core.flat_model import views
 from llmc.core.rand import MT19937
 
 LLAMA3_VOCAB = 128256

@@ -100,8 +100,6 @@ class Trainer:
         self.family, model_cfg, params = families.load(str(checkpoint.model_path(cfg.output_dir, resume_step))
                                                        if self.resumed else cfg.model)
         self.model_cfg = model_cfg
-        if cfg.T > model_cfg.max_seq_len:
-            raise LlmcError(f"-t {cfg.T} is larger than the model's max_seq_len {model_cfg.max_seq_len}")
         self.model = self.family.Model(model_cfg, backend, params, cfg.B, cfg.T, recompute=cfg.recompute,
                                        gelu_fusion=cfg.gelu_fusion, master_weights=bool(cfg.master_weights),
                                        group=self.group, zero_stage=cfg.zero_stage)

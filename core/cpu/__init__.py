@@ -9,7 +9,8 @@ import numpy as np
 from llmc.core.cpu.layers import (attention_backward, attention_forward, attention_stats_shape,
                                   encoder_backward, encoder_forward, gelu_backward, gelu_forward,
                                   layernorm_backward, layernorm_forward, matmul_backward, matmul_forward,
-                                  softmax_crossentropy)
+                                  rmsnorm_backward, rmsnorm_forward, rope_backward, rope_forward,
+                                  softmax_crossentropy, swiglu_backward, swiglu_forward)
 from llmc.core.cpu.optimizer import adamw_update, global_norm_squared
 
 name = "cpu"
@@ -60,6 +61,7 @@ __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "s
            "promised_flops", "device_name", "memory_used",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward",
-           "layernorm_backward", "matmul_forward", "matmul_backward",
-           "gelu_forward", "gelu_backward", "attention_forward", "attention_backward", "softmax_crossentropy",
+           "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward", "matmul_forward", "matmul_backward",
+           "gelu_forward", "gelu_backward", "swiglu_forward", "swiglu_backward", "attention_forward",
+           "attention_backward", "rope_forward", "rope_backward", "softmax_crossentropy",
            "global_norm_squared", "adamw_update"]

@@ -53,7 +53,7 @@ def idiomatic_gpt2(cfg, params: np.ndarray):
     from torch import nn
 
     from llmc.core.config import param_shapes
-    from llmc.core.model import views
+    from llmc.core.flat_model import views
 
     C, NH, V = cfg.channels, cfg.num_heads, cfg.vocab_size
 

@@ -14,7 +14,7 @@ from llmc.cli.main import COMMANDS, main
 from llmc.core import formats
 from llmc.core.config import GPTConfig, param_shapes
 from llmc.core.init import random_init
-from llmc.core.model import views
+from llmc.core.flat_model import views
 
 TINY = GPTConfig(max_seq_len=16, vocab_size=50, padded_vocab_size=128, num_layers=2, num_heads=2, channels=8)
 

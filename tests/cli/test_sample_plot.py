@@ -8,7 +8,7 @@ from llmc.cli.main import main
 from llmc.core.config import GPT2_EOT, GPT2_VOCAB, GPTConfig, pad_vocab, param_shapes
 from llmc.core.formats import write_model, write_tokenizer
 from llmc.core.init import random_init
-from llmc.core.model import views
+from llmc.core.flat_model import views
 
 # GPT-2's vocab (so <|endoftext|> and the BPE exist), everything else tiny
 CFG = GPTConfig(max_seq_len=24, vocab_size=GPT2_VOCAB, padded_vocab_size=pad_vocab(GPT2_VOCAB), num_layers=1,

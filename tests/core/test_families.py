@@ -46,10 +46,23 @@ def test_load_finds_the_family_by_magic_or_descriptor(tmp_path):
     assert family.name == "gpt2" and cfg2 == cfg and np.array_equal(params2, params)
     raw = (tmp_path / "m.bin").read_bytes()
     (tmp_path / "bad.bin").write_bytes(b"\x01\x02\x03\x04" + raw[4:])
-    with pytest.raises(LlmcError, match=r"bad.bin: bad magic 67305985 \(expected 20240326\)"):
+    with pytest.raises(LlmcError, match=r"bad.bin: bad magic 67305985 \(expected 20240326 or 20240803\)"):
         families.load(str(tmp_path / "bad.bin"))
-    with pytest.raises(LlmcError, match="unsupported model descriptor 'x12'"):
+    with pytest.raises(LlmcError, match="unsupported model descriptor 'x12'.*unsupported Llama 3 descriptor 'x12'"):
         families.load("x12")
+
+
+def test_load_finds_llama_3_by_magic_or_descriptor(tmp_path):
+    from llmc.core import llama, llama_config, llama_formats
+
+    family, cfg, params = families.load("llama3:d2:c32:h4:kv2:t16:v100:m16")
+    assert family.name == "llama3" and family.model_magic == llama_formats.LLAMA3_MAGIC == 20240803
+    assert (cfg.num_layers, cfg.channels, cfg.num_kv_heads, cfg.vocab_size) == (2, 32, 2, 100)
+    assert family.Model is llama.Llama and family.KVCacheModel is llama.KVCacheModel
+    np.testing.assert_array_equal(params, llama_config.random_init(cfg))
+    family.write_model(tmp_path / "m.bin", cfg, params, "fp32")
+    family, cfg2, params2 = families.load(str(tmp_path / "m.bin"))
+    assert family.name == "llama3" and cfg2 == cfg and np.array_equal(params2, params)
 
 
 # ----------------------------------------------------------------------------- a second family

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 from llmc.core import cpu  # noqa: E402
 from llmc.core.config import DECAYED_PARAMS, GPTConfig, param_shapes  # noqa: E402
 from llmc.core.errors import LlmcError  # noqa: E402
-from llmc.core.model import GPT, views  # noqa: E402
+from llmc.core.flat_model import views  # noqa: E402
+from llmc.core.model import GPT  # noqa: E402
 from llmc.core.primitives import AdamW  # noqa: E402
 from llmc.core.torch_gpt2 import GPT2  # noqa: E402
 

@@ -103,6 +103,26 @@ def test_encoder(B, T, C, NH):
     np.testing.assert_array_equal(dwpe[T:], dwpe0[T:])  # positions beyond T untouched
 
 
+@pytest.mark.parametrize("B,T,C,NH", SHAPES)
+def test_encoder_without_position_embedding(B, T, C, NH):
+    """Llama's encoder: wpe and dwpe None, out = wte[inp] alone."""
+    rng = np.random.default_rng(14)
+    V = 37
+    wte = rand(rng, V, C)
+    inp = rng.integers(0, V, size=(B, T), dtype=np.int32)
+    inp[0, :2] = 5
+    out = np.full((B, T, C), np.nan, dtype=np.float32)
+    cpu.encoder_forward(out, inp, wte, None)
+    np.testing.assert_array_equal(out, wte[inp])
+    dout = rand(rng, B, T, C)
+    dwte0 = rand(rng, V, C)
+    dwte = dwte0.copy()
+    cpu.encoder_backward(dwte, None, dout, inp)
+    want = dwte0.astype(np.float64)
+    np.add.at(want, inp.reshape(-1), dout.reshape(-1, C))
+    close(dwte, want)
+
+
 # ----------------------------------------------------------------------------- layernorm, residual
 
 def torch_layernorm(x, w, b):
@@ -140,6 +160,78 @@ def test_layernorm(B, T, C, NH, scale):
     dinp, dproj = dinp0.copy(), dproj0.copy()
     cpu.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, dproj_bias=dproj)
     close(dproj, dproj0 + (dinp0 + x_t.grad.numpy()).sum(axis=(0, 1)), rtol=1e-4, atol=1e-4 / scale)
+
+
+def torch_rmsnorm(x, w, eps):
+    """train_llama3.py's RMSNorm."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+@pytest.mark.parametrize("B,T,C,NH", SHAPES)
+@pytest.mark.parametrize("scale,eps", [(1.0, 1e-5), (0.01, 1e-5), (1.0, 1e-6)])  # at 0.01 eps 1e-5 shows
+def test_rmsnorm(B, T, C, NH, scale, eps):
+    rng = np.random.default_rng(15)
+    inp = rand(rng, B, T, C, scale=scale) + np.float32(scale)  # non-zero mean: not a layernorm
+    w = rand(rng, C) + 1
+    out, rstd = np.full((B, T, C), np.nan, dtype=np.float32), np.full((B, T), np.nan, dtype=np.float32)
+    cpu.rmsnorm_forward(out, rstd, inp, w, eps)
+    x_t, w_t = t64(inp, True), t64(w, True)
+    ref = torch_rmsnorm(x_t, w_t, eps)
+    close(out, ref, atol=1e-5)
+    close(rstd, torch.rsqrt(x_t.pow(2).mean(-1) + eps), rtol=1e-5)
+
+    dout = rand(rng, B, T, C)
+    ref.backward(t64(dout))
+    dinp0, dw0 = rand(rng, B, T, C), rand(rng, C)  # both accumulate
+    dinp, dw = dinp0.copy(), dw0.copy()
+    cpu.rmsnorm_backward(dinp, dw, dout, inp, w, rstd)
+    close(dinp, dinp0 + x_t.grad.numpy(), rtol=1e-4, atol=1e-4 / scale)  # dinp scales with rstd ~ 1/scale
+    close(dw, dw0 + w_t.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- rope
+
+# (B, T, NH, NKV, HS): GQA ratios NH/NKV 1, 2, 4; head sizes 16 to 128 (48 not a power of two); T odd
+GQA_SHAPES = [(2, 7, 4, 4, 16), (1, 13, 4, 2, 32), (2, 5, 8, 2, 64), (1, 9, 4, 1, 128), (2, 11, 6, 3, 48)]
+
+
+def torch_rope(qkv, freqs_cis, NH, NKV):
+    """train_llama3.py's apply_rotary_emb on the query and key heads of qkv (B, T, (NH+2*NKV)*HS), in
+    complex128: each channel pair is a complex number, multiplied by freqs_cis[t, i] = cos + i sin."""
+    B, T, QKV = qkv.shape
+    HS = QKV // (NH + 2 * NKV)
+    q, k, v = qkv.split([NH * HS, NKV * HS, NKV * HS], dim=-1)
+    f = torch.view_as_complex(torch.tensor(freqs_cis[:T], dtype=torch.float64))[None, :, None, :]  # (1, T, 1, HS/2)
+    turn = lambda x, h: torch.view_as_real(torch.view_as_complex(x.reshape(B, T, h, HS // 2, 2)) * f)  # noqa: E731
+    return torch.cat([turn(q, NH).reshape(B, T, -1), turn(k, NKV).reshape(B, T, -1), v], dim=-1)
+
+
+@pytest.mark.parametrize("B,T,NH,NKV,HS", GQA_SHAPES)
+@pytest.mark.parametrize("use_scaled", [True, False])
+def test_rope(B, T, NH, NKV, HS, use_scaled):
+    from llmc.core.llama import rope_table
+
+    rng = np.random.default_rng(16)
+    QKV = (NH + 2 * NKV) * HS
+    # theta 10000 and positions from 8000 on turn the low frequencies far enough for the scaling to show
+    table = rope_table(HS, 8000 + T, 10000.0, use_scaled)[8000:]  # positions 8000.. as 0..T-1
+    assert table.shape == (T, HS // 2, 2) and table.dtype == np.float32
+    inp = rand(rng, B, T, QKV)
+    out = np.full_like(inp, np.nan)
+    cpu.rope_forward(out, inp, table, NH, NKV)
+    inp_t = t64(inp, True)
+    ref = torch_rope(inp_t, table, NH, NKV)
+    close(out, ref, atol=1e-5)
+    np.testing.assert_array_equal(out[..., (NH + NKV) * HS:], inp[..., (NH + NKV) * HS:])  # v copied
+
+    dout = rand(rng, B, T, QKV)
+    ref.backward(t64(dout))
+    dinp = rand(rng, B, T, QKV)  # garbage: overwritten
+    cpu.rope_backward(dinp, dout, table, NH, NKV)
+    close(dinp, inp_t.grad, atol=1e-5)
+    inplace = dout.copy()  # dinp may be dout itself, as llm.c's rope_backward_inplace
+    cpu.rope_backward(inplace, inplace, table, NH, NKV)
+    np.testing.assert_array_equal(inplace, dinp)
 
 
 # ----------------------------------------------------------------------------- matmul, gelu
@@ -229,6 +321,26 @@ def test_gelu_is_the_tanh_approximation():
     np.testing.assert_array_equal(inplace, dinp)
 
 
+@pytest.mark.parametrize("B,T,C,NH", SHAPES)
+@pytest.mark.parametrize("scale", [1.0, 10.0])  # at 10 the gate reaches exp's overflow (x2 < -88)
+def test_swiglu(B, T, C, NH, scale):
+    """out = x1 * silu(x2) of inp = [x1 | x2] (train_llama3.py's c_fc(x) * silu(c_fc2(x)), fused as llm.c)."""
+    rng = np.random.default_rng(17)
+    H = 2 * C + 1
+    inp = rand(rng, B, T, 2 * H, scale=scale)
+    out = np.full((B, T, H), np.nan, dtype=np.float32)
+    cpu.swiglu_forward(out, inp)
+    inp_t = t64(inp, True)
+    ref = inp_t[..., :H] * F.silu(inp_t[..., H:])
+    close(out, ref, rtol=1e-5, atol=1e-5)
+
+    dout = rand(rng, B, T, H)
+    ref.backward(t64(dout))
+    dinp = rand(rng, B, T, 2 * H)  # garbage: overwritten
+    cpu.swiglu_backward(dinp, inp, dout)
+    close(dinp, inp_t.grad, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- attention
 
 def torch_attention(qkv, B, T, C, NH):
@@ -258,11 +370,53 @@ def test_attention(B, T, C, NH):
     close(dqkv, qkv_t.grad, atol=1e-5)
 
 
+def torch_gqa_attention(qkv, B, T, NH, NKV):
+    """train_llama3.py's CausalSelfAttention after the projection: repeat_kv, then causal softmax attention."""
+    HS = qkv.shape[-1] // (NH + 2 * NKV)
+    q, k, v = qkv.split([NH * HS, NKV * HS, NKV * HS], dim=-1)
+    q, k, v = (x.view(B, T, -1, HS) for x in (q, k, v))
+    k, v = (x.repeat_interleave(NH // NKV, dim=2) for x in (k, v))  # repeat_kv
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, NH, T, HS)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(HS)
+    att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+    return (att @ v).transpose(1, 2).reshape(B, T, NH * HS), att
+
+
+@pytest.mark.parametrize("B,T,NH,NKV,HS", GQA_SHAPES)
+def test_grouped_query_attention(B, T, NH, NKV, HS):
+    rng = np.random.default_rng(18)
+    qkv = rand(rng, B, T, (NH + 2 * NKV) * HS)
+    out = np.full((B, T, NH * HS), np.nan, dtype=np.float32)
+    stats = np.full(cpu.attention_stats_shape(B, T, NH), np.nan, dtype=np.float32)
+    cpu.attention_forward(out, stats, qkv, NH, NKV)
+    qkv_t = t64(qkv, True)
+    ref, att = torch_gqa_attention(qkv_t, B, T, NH, NKV)
+    close(out, ref, atol=1e-5)
+    close(stats, att, atol=1e-6)
+
+    dout = rand(rng, B, T, NH * HS)
+    ref.backward(t64(dout))
+    dqkv = rand(rng, B, T, (NH + 2 * NKV) * HS)  # garbage: overwritten
+    cpu.attention_backward(dqkv, dout, qkv, out, stats, NH, NKV)
+    close(dqkv, qkv_t.grad, atol=1e-5)
+    if NKV == NH:  # num_kv_heads = NH is GPT-2's default path, to the bit
+        out2, stats2, dqkv2 = np.empty_like(out), np.empty_like(stats), np.empty_like(dqkv)
+        cpu.attention_forward(out2, stats2, qkv, NH)
+        cpu.attention_backward(dqkv2, dout, qkv, out2, stats2, NH)
+        for a, b in ((out, out2), (stats, stats2), (dqkv, dqkv2)):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_attention_rejects_channels_not_divisible_by_heads():
     qkv = np.zeros((1, 3, 3 * 10), dtype=np.float32)
     out, stats = np.zeros((1, 3, 10), np.float32), np.zeros((1, 3, 3, 3), np.float32)
     with pytest.raises(LlmcError, match="not divisible"):
         cpu.attention_forward(out, stats, qkv, 3)
+    qkv = np.zeros((1, 3, 4 * 8), dtype=np.float32)  # 2 query, 1 key and 1 value heads of 8 channels
+    with pytest.raises(LlmcError, match="32 qkv channels not divisible by 5 heads"):
+        cpu.attention_forward(out, stats, qkv, 3, 1)
+    with pytest.raises(LlmcError, match="3 query heads not divisible by 2 key/value heads"):
+        cpu.attention_forward(out, stats, qkv, 3, 2)
 
 
 # ----------------------------------------------------------------------------- classifier

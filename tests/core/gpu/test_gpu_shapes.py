@@ -14,7 +14,8 @@ from llmc.core import formats  # noqa: E402
 from llmc.core.config import GPTConfig, param_shapes  # noqa: E402
 from llmc.core.gpu import attention as gpu_attention, cudnn as gpu_cudnn, runtime  # noqa: E402
 from llmc.core.init import random_init  # noqa: E402
-from llmc.core.model import GPT, views  # noqa: E402
+from llmc.core.flat_model import views  # noqa: E402
+from llmc.core.model import GPT  # noqa: E402
 from llmc.core.primitives import AdamW  # noqa: E402
 
 pytestmark = pytest.mark.gpu
