@@ -109,6 +109,41 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
     return warp_max(v);
 }
 
+// A lane's packs of one row of C channels (a warp per row): the first CACHED are loaded together when the
+// row is taken (all in flight; streaming loads, nothing else reads the row) and kept in registers; packs
+// past them are loaded each time they are visited (from L1/L2 after the first pass).
+template <int CACHED>
+struct WarpRow {
+    const bf16* x;
+    int C, lane;
+    pack_t raw[CACHED];
+
+    __device__ __forceinline__ WarpRow(const bf16* x, int C, int lane) : x(x), C(C), lane(lane) {
+#pragma unroll
+        for (int i = 0; i < CACHED; i++) {
+            int c = (i * WARP_SIZE + lane) * PACK;
+            if (c < C) raw[i] = load_raw_cs(x + c);
+        }
+    }
+
+    // f(c) for each of the lane's packs in order, with v holding channels c..c+PACK-1
+    template <typename F>
+    __device__ __forceinline__ void each_pack(float (&v)[PACK], F f) const {
+#pragma unroll
+        for (int i = 0; i < CACHED; i++) {
+            int c = (i * WARP_SIZE + lane) * PACK;
+            if (c < C) {
+                unpack_bf16(v, raw[i]);
+                f(c);
+            }
+        }
+        for (int c = (CACHED * WARP_SIZE + lane) * PACK; c < C; c += WARP_SIZE * PACK) {
+            load_bf16(v, x + c);
+            f(c);
+        }
+    }
+};
+
 // Column sums of fp32 partials: returns sum over i < slices of partial[i * cols + col] for
 // col = blockIdx.x * 32 + threadIdx.x, in a fixed order. Block (32, 8): threadIdx.y strides the
 // slices, then the 8 subtotals are added in order. Valid in threadIdx.y == 0 (col < cols).

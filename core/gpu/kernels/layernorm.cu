@@ -13,28 +13,9 @@ extern "C" __global__ void layernorm_forward(bf16* out, float* mean, float* rstd
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     if (row >= N) return;
     int lane = threadIdx.x % WARP_SIZE;
-    const bf16* x = inp + (long)row * C;
-    pack_t raw[LN_FWD_CACHED];
-#pragma unroll
-    for (int i = 0; i < LN_FWD_CACHED; i++) {
-        int c = (i * WARP_SIZE + lane) * PACK;
-        if (c < C) raw[i] = load_raw_cs(x + c);
-    }
+    const WarpRow<LN_FWD_CACHED> row_packs(inp + (long)row * C, C, lane);
     float v[PACK];
-    auto each_pack = [&](auto f) {  // f(c) with v holding channels c..c+PACK-1 of the row
-#pragma unroll
-        for (int i = 0; i < LN_FWD_CACHED; i++) {
-            int c = (i * WARP_SIZE + lane) * PACK;
-            if (c < C) {
-                unpack_bf16(v, raw[i]);
-                f(c);
-            }
-        }
-        for (int c = (LN_FWD_CACHED * WARP_SIZE + lane) * PACK; c < C; c += WARP_SIZE * PACK) {
-            load_bf16(v, x + c);
-            f(c);
-        }
-    };
+    auto each_pack = [&](auto f) { row_packs.each_pack(v, f); };  // f(c) with v holding channels c..c+PACK-1
     float sum = 0.0f, var = 0.0f;
     each_pack([&](int c) {
 #pragma unroll

@@ -12,28 +12,9 @@ extern "C" __global__ void rmsnorm_forward(bf16* out, float* rstd, const bf16* i
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     if (row >= N) return;
     int lane = threadIdx.x % WARP_SIZE;
-    const bf16* x = inp + (long)row * C;
-    pack_t raw[RMS_CACHED];
-#pragma unroll
-    for (int i = 0; i < RMS_CACHED; i++) {
-        int c = (i * WARP_SIZE + lane) * PACK;
-        if (c < C) raw[i] = load_raw_cs(x + c);
-    }
+    const WarpRow<RMS_CACHED> row_packs(inp + (long)row * C, C, lane);
     float v[PACK];
-    auto each_pack = [&](auto f) {  // f(c) with v holding channels c..c+PACK-1 of the row
-#pragma unroll
-        for (int i = 0; i < RMS_CACHED; i++) {
-            int c = (i * WARP_SIZE + lane) * PACK;
-            if (c < C) {
-                unpack_bf16(v, raw[i]);
-                f(c);
-            }
-        }
-        for (int c = (RMS_CACHED * WARP_SIZE + lane) * PACK; c < C; c += WARP_SIZE * PACK) {
-            load_bf16(v, x + c);
-            f(c);
-        }
-    };
+    auto each_pack = [&](auto f) { row_packs.each_pack(v, f); };  // f(c) with v holding channels c..c+PACK-1
     float squares = 0.0f;
     each_pack([&](int c) {
 #pragma unroll
