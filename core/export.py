@@ -1,6 +1,7 @@
 """The core of `llmc export-weights`: HF GPT-2 -> llm.c's gpt2_SIZE.bin files (fp32, bf16, tokenizer and,
-with PyTorch, the debug state `llmc test` checks against), as llm.c's train_gpt2.py writes them; and an
-llm.c checkpoint -> a Hugging Face folder.
+with PyTorch, the debug state `llmc test` checks against), as llm.c's train_gpt2.py writes them; HF Llama
+-> llama{version}_{SIZE}.bin files as train_llama3.py's; and an llm.c checkpoint -> a Hugging Face folder.
+The family comes from config.json's model_type, or from the .bin's magic.
 """
 
 import os
@@ -13,6 +14,7 @@ from llmc.core.config import GPT2_DEPTHS, GPT2_VOCAB, GPTConfig
 from llmc.core.errors import LlmcError
 from llmc.core.formats import SHARD_MAGIC, read_model, read_shard, write_debug_state, write_model, write_tokenizer
 from llmc.core.hf_weights import load_hf, padded_rows_nonzero, write_hf
+from llmc.core.hub import _read_json, resolve_source
 
 # llm.c's train_gpt2.py file names: gpt2_{SIZE}.bin, by (L, NH, C)
 GPT2_SIZES = {(12, 12, 768): "124M", (24, 16, 1024): "355M", (36, 20, 1280): "774M", (48, 25, 1600): "1558M"}
@@ -57,8 +59,14 @@ def export_to_llmc(source: str, out_dir: str | os.PathLike, echo: Callable[[str]
     (and torch), gpt2_SIZE_debug_state.bin, as llm.c's train_gpt2.py writes them."""
     from llmc.data.tokenizer import EOT, gpt2_encoding
 
+    config_path, files = resolve_source(source, echo)
+    if _read_json(config_path).get("model_type") == "llama":
+        if debug_state or batch_input:
+            raise LlmcError("--debug-state and --input are for GPT-2: llm.c's Llama debug state comes from "
+                            "train_llama3.py")
+        return export_llama_to_llmc(config_path, files, source, out_dir, echo)
     tokens = debug_batch(batch_input, B, T) if debug_state else None  # bad input: fail before writing anything
-    cfg, flat = load_hf(source, echo)
+    cfg, flat = load_hf(source, lambda _: None)  # resolved above: from the local folder or cache, silently
     if tokens is not None:
         if T > cfg.max_seq_len:
             raise LlmcError(f"-t {T} is longer than the model's max_seq_len {cfg.max_seq_len}")
@@ -90,12 +98,41 @@ def export_to_llmc(source: str, out_dir: str | os.PathLike, echo: Callable[[str]
     return written
 
 
+def export_llama_to_llmc(config_path: Path, files: list[Path], source: str, out_dir: str | os.PathLike,
+                         echo: Callable[[str], None] = print) -> list[Path]:
+    """HF Llama (core/hub.resolve_source's files) -> llama{version}_{SIZE}.bin (fp32) and _bf16.bin."""
+    from llmc.core import hf_llama, llama_formats
+
+    cfg, flat = hf_llama.load_hf(config_path, files, source, echo)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = hf_llama.file_stem(cfg)
+    written = [out_dir / f"{stem}.bin", out_dir / f"{stem}_bf16.bin"]
+    llama_formats.write_model(written[0], cfg, flat, "fp32")
+    llama_formats.write_model(written[1], cfg, flat, "bf16")
+    for path in written:
+        echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return written
+
+
 def export_to_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                  echo: Callable[[str], None] = print) -> list[Path]:
     """llm.c checkpoint (fp32 or bf16) -> a folder GPT2LMHeadModel.from_pretrained loads (+ GPT-2's
-    tokenizer files when the vocab is GPT-2's)."""
+    tokenizer files when the vocab is GPT-2's), or LlamaForCausalLM for a Llama 3 file."""
+    from llmc.core.llama_formats import LLAMA3_MAGIC
     from llmc.data.tokenizer import write_hf_tokenizer
 
+    if _magic(model_path) == LLAMA3_MAGIC:
+        from llmc.core import hf_llama, llama_formats
+
+        cfg, flat = llama_formats.read_model(model_path)
+        try:
+            written = hf_llama.write_hf(out_dir, cfg, flat)
+        except LlmcError as e:
+            raise LlmcError(f"{model_path}: {e}") from None
+        for path in written:
+            echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+        return written
     cfg, flat = read_model(model_path)
     if padded_rows_nonzero(cfg, flat):
         echo(f"note: {model_path} has non-zero padded wte rows ({cfg.vocab_size}..{cfg.padded_vocab_size}); "
@@ -108,3 +145,13 @@ def export_to_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     for path in written:
         echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return written
+
+
+def _magic(path: str | os.PathLike) -> int | None:
+    """The first int32 of a file (its family), or None; read_model reports missing and short files."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    return int(np.frombuffer(head, "<i4")[0]) if len(head) == 4 else None

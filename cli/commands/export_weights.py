@@ -19,7 +19,7 @@ import click
               help="AdamW steps whose losses the debug state carries (test_gpt2.c's settings).")
 def command(source: str, outdir: str | None, out_dir: str | None, to_hf: bool, debug_state: bool,
             batch_input: str | None, batch_size: int, seq_len: int, steps: int) -> None:
-    """Convert GPT-2 weights between Hugging Face and llm.c .bin files.
+    """Convert GPT-2 and Llama 3 weights between Hugging Face and llm.c .bin files.
 
     \b
     SOURCE is gpt2, gpt2-medium, gpt2-large, gpt2-xl, a hub repo id (owner/name) or a local folder
@@ -30,14 +30,22 @@ def command(source: str, outdir: str | None, out_dir: str | None, to_hf: bool, d
     (other shapes: dN or LxHyCz). wte is padded with zero rows to a multiple of 128.
 
     \b
+    A folder whose config.json has model_type "llama" (laid out as meta-llama/Llama-3.2-1B, safetensors
+    sharded or not) gives, as llm.c's train_llama3.py: llamaVERSION_SIZE.bin (fp32, version 3) and
+    llamaVERSION_SIZE_bf16.bin (bf16, version 5), e.g. llama3.2_1B.bin (other shapes: LxHyKVkCz).
+
+    \b
     With --to-hf, SOURCE is an llm.c MODEL.bin and OUTDIR (or -o) gets config.json and
     model.safetensors, loadable by transformers.GPT2LMHeadModel.from_pretrained, plus GPT-2's
-    tokenizer (vocab.json, merges.txt, tokenizer_config.json) when the vocab is GPT-2's 50257.
+    tokenizer (vocab.json, merges.txt, tokenizer_config.json) when the vocab is GPT-2's 50257. A Llama
+    3 file (magic 20240803) gives a LlamaForCausalLM folder (no tokenizer; its bias slots must be zero).
 
     \b
     Examples:
       llmc export-weights gpt2 -o . --debug-state
-      llmc export-weights --to-hf gpt2_124M.bin hf_gpt2"""
+      llmc export-weights --to-hf gpt2_124M.bin hf_gpt2
+      llmc export-weights ./Llama-3.2-1B -o .
+      llmc export-weights --to-hf llama3.2_1B.bin hf_llama"""
     from llmc.core.errors import LlmcError
     from llmc.core.export import export_to_hf, export_to_llmc
 

@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 from llmc.core import checkpoint, cpu, families  # noqa: E402
 from llmc.core.errors import LlmcError  # noqa: E402
 from llmc.core.flat_model import views  # noqa: E402
+from llmc.core.hf_llama import hf_to_llmc, llmc_to_hf  # noqa: E402
 from llmc.core.formats import write_shard  # noqa: E402
 from llmc.core.llama import KVCacheModel, Llama, rope_table  # noqa: E402
 from llmc.core.llama_config import DECAYED_PARAMS, LlamaConfig, param_shapes  # noqa: E402
@@ -63,21 +64,9 @@ def random_params(cfg: LlamaConfig, seed: int, tied: bool = False) -> np.ndarray
 
 # ----------------------------------------------------------------------------- llm.c's layout <-> Hugging Face's
 
-def permute(w: torch.Tensor, heads: int) -> torch.Tensor:
-    """Meta's q/k rows (each head's channel pairs (2i, 2i+1) interleaved) in HF's order (each head's first
-    halves, then its second halves, for rotate_half): the inverse of train_llama3.py's unpermute."""
-    rows, cols = w.shape
-    return w.view(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
-    """train_llama3.py's adapt_llama_state_dict_keys_hf unpermute: HF's q/k rows back in Meta's order."""
-    rows, cols = w.shape
-    return w.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
 def hf_model(cfg: LlamaConfig, params: np.ndarray, tied: bool):
-    """float64 LlamaForCausalLM holding llm.c's parameters (tied: wte is both embedding and lm_head)."""
+    """float64 LlamaForCausalLM holding llm.c's parameters (tied: wte is both embedding and lm_head),
+    mapped by core/hf_llama.py as `llmc export-weights --to-hf` maps them."""
     rope = ({"rope_type": "llama3", "rope_theta": cfg.rope_theta, "factor": 8.0, "low_freq_factor": 1.0,
              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192} if cfg.use_scaled_rope
             else {"rope_type": "default", "rope_theta": cfg.rope_theta})
@@ -87,19 +76,7 @@ def hf_model(cfg: LlamaConfig, params: np.ndarray, tied: bool):
         max_position_embeddings=2 * 8192, rms_norm_eps=cfg.norm_eps, rope_parameters=rope, tie_word_embeddings=tied,
         attention_bias=False, mlp_bias=False, attn_implementation="eager")
     model = transformers.LlamaForCausalLM(hc).double()
-    p = {name: torch.tensor(a, dtype=torch.float64) for name, a in views(params, param_shapes(cfg)).items()}
-    NH, NKV, HS, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_size, cfg.hidden_dim
-    state = {"model.embed_tokens.weight": p["wte"], "model.norm.weight": p["lnfw"]}
-    if not tied:
-        state["lm_head.weight"] = p["wlmhead"]
-    for l in range(cfg.num_layers):
-        q, k, v = p["qkvw"][l].split([NH * HS, NKV * HS, NKV * HS])
-        state.update({f"model.layers.{l}.{name}": tensor for name, tensor in (
-            ("input_layernorm.weight", p["ln1w"][l]), ("self_attn.q_proj.weight", permute(q, NH)),
-            ("self_attn.k_proj.weight", permute(k, NKV)), ("self_attn.v_proj.weight", v),
-            ("self_attn.o_proj.weight", p["attprojw"][l]), ("post_attention_layernorm.weight", p["ln2w"][l]),
-            ("mlp.up_proj.weight", p["fcw"][l][:H]), ("mlp.gate_proj.weight", p["fcw"][l][H:]),  # c_fc, c_fc2
-            ("mlp.down_proj.weight", p["fcprojw"][l]))})
+    state = {name: torch.tensor(t, dtype=torch.float64) for name, t in llmc_to_hf(cfg, params, tied).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
@@ -109,23 +86,8 @@ def hf_model(cfg: LlamaConfig, params: np.ndarray, tied: bool):
 def hf_grads(model, cfg: LlamaConfig, tied: bool) -> np.ndarray:
     """The HF model's gradients in llm.c's flat layout: zero in the bias slots; tied, the shared
     embedding's gradient in both wte and wlmhead."""
-    grads = np.zeros(sum(math.prod(s) for s in param_shapes(cfg).values()))
-    g = views(grads, param_shapes(cfg))
-    NH, NKV = cfg.num_heads, cfg.num_kv_heads
-    grad = lambda t: t.grad.numpy()  # noqa: E731
-    g["wte"][...] = grad(model.model.embed_tokens.weight)
-    g["wlmhead"][...] = grad(model.lm_head.weight)
-    g["lnfw"][...] = grad(model.model.norm.weight)
-    for l, layer in enumerate(model.model.layers):
-        att, mlp = layer.self_attn, layer.mlp
-        g["qkvw"][l] = torch.cat([unpermute(att.q_proj.weight.grad, NH), unpermute(att.k_proj.weight.grad, NKV),
-                                  att.v_proj.weight.grad]).numpy()
-        g["attprojw"][l] = grad(att.o_proj.weight)
-        g["fcw"][l] = np.concatenate([grad(mlp.up_proj.weight), grad(mlp.gate_proj.weight)])
-        g["fcprojw"][l] = grad(mlp.down_proj.weight)
-        g["ln1w"][l] = grad(layer.input_layernorm.weight)
-        g["ln2w"][l] = grad(layer.post_attention_layernorm.weight)
-    return grads
+    grads = {name: t.grad.numpy() for name, t in model.named_parameters()}
+    return hf_to_llmc(cfg, tied, grads.__getitem__, dtype=np.float64)
 
 
 def hf_loss(model, x: np.ndarray, y: np.ndarray):
