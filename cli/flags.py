@@ -16,9 +16,11 @@ from llmc.core.train_config import TrainConfig
 TRAIN_FLAGS = [
     (("-i",), "--train-data", "train_data", str, "train data filename pattern (glob)", False),
     (("-j",), "--val-data", "val_data", str, "val data filename pattern (glob)", False),
-    (("-e",), "--model", "model", str, "model: a .bin checkpoint, or a descriptor for llm.c's random init: "
-     "d6|d12|d24|d36|d48 (GPT-2), gpt3:cC, or dL:cC:hH[:tT][:vV] for any depth L, width C, heads H, "
-     "max sequence length T (1024) and vocab V (50257), e.g. d4:c128:h4:t128", False),
+    (("-e",), "--model", "model", str, "model: a .bin checkpoint (GPT-2 or Llama 3, told apart by its magic), or a "
+     "descriptor for llm.c's random init: d6|d12|d24|d36|d48 (GPT-2), gpt3:cC, or dL:cC:hH[:tT][:vV] for any depth "
+     "L, width C, heads H, max sequence length T (1024) and vocab V (50257), e.g. d4:c128:h4:t128; Llama 3: "
+     "llama3.2-1b|llama3.2-3b|llama3.1-8b or llama3:dL:cC:hH:kvK[:tT][:vV][:fF][:mM] with K key/value heads, "
+     "e.g. llama3:d4:c128:h4:kv2:t256:m32", False),
     (("-o",), "--output-dir", "output_dir", str, "output log dir: main.log, metrics.csv, config.json and checkpoints",
      False),
     (("-lg",), "--log-gpu-every", None, int, "log GPU utilization every N steps", True),

@@ -1,25 +1,32 @@
-"""`llmc test`: a backend against a reference debug state, as llm.c's test_gpt2.c / test_gpt2.cu.
+"""`llmc test`: a backend against a reference debug state, as llm.c's test_gpt2.c / test_gpt2.cu and
+test_llama3.cu.
 
-Step 0: logits (first V of Vp), loss and every parameter gradient against the state. Then N AdamW
-steps on the state's batch with test_gpt2.c's hyperparameters, each loss against the state's loss
-trailer (or llm.c's published GPT-2 124M losses when the state has none).
+The model file's magic picks the family (core/families.load); CHECKS holds what the check needs of it
+beyond the Family: its debug-state reader, tolerances per device and the optimizer its reference used.
+Step 0: logits (first V of Vp), loss and every parameter gradient against the state. Then N AdamW steps on
+the state's batch, each loss against the state's history (or llm.c's published GPT-2 124M losses when the
+state has none), and each gradient norm too where the history has them (Llama 3's).
 """
 
 import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from llmc.core import families, formats, llama_formats
 from llmc.core.config import GPTConfig, param_shapes
-from llmc.core.formats import read_debug_state, read_model
-from llmc.core.flat_model import views
-from llmc.core.model import GPT
+from llmc.core.errors import LlmcError
+from llmc.core.flat_model import FlatModel, views
+from llmc.core.llama_config import NAMED_SHAPES, param_shapes as llama_param_shapes
 from llmc.core.primitives import AdamW
 
 # test_gpt2.c's optimizer (no gradient clipping)
 TEST_ADAMW = AdamW(lr=1e-4, weight_decay=0.01, beta2=0.999)
+# test_llama3.cu's llama3_update(lr 1e-5, betas 0.9/0.95, eps 1e-8, no decay) after clipping to norm 1, as
+# train_llama3.py's defaults that write the history (constant lr, clip_grad_norm_ 1.0)
+LLAMA3_TEST_ADAMW = AdamW(lr=1e-5, weight_decay=0.0, beta1=0.9, beta2=0.95, eps=1e-8)
 # test_gpt2.c's expected losses for GPT-2 124M on its debug state
 GPT2_124M_LOSSES = (5.270007133483887, 4.059706687927246, 3.3751230239868164, 2.8007826805114746,
                     2.315382242202759, 1.8490285873413086, 1.3946564197540283, 0.9991465210914612,
@@ -32,25 +39,63 @@ class Tolerances:
     logits: float  # max |diff| per logit
     loss: float  # step-0 loss and each step's loss
     grad: dict[str, float]  # absolute per-element tolerance by tensor
-    grad_rel: float = 0.0  # plus this fraction of |reference| (test_gpt2.cu's bf16 epsilon)
+    grad_rel: float = 0.0  # plus this fraction of |reference| (llm.c's bf16 epsilon)
+    norm_rel: float = 0.0  # each step's gradient norm, relative to the history's (states that have norms)
 
 
-CPU_TOLERANCES = Tolerances(logits=1e-2, loss=1e-2, grad={name: 2e-2 for name in param_shapes(GPT2_124M)})
-# test_gpt2.cu's thresholds for bf16, in parameter order
-GPU_TOLERANCES = Tolerances(logits=25.0, loss=0.05, grad_rel=0.079, grad=dict(zip(
-    param_shapes(GPT2_124M), (5e-1, 4e-3, 1e-1, 4e-2, 5e-2, 3.5e-2, 2e-2, 3e-2, 5e-2, 3e-2, 3e-2, 3e-2, 2e-2, 1e-2, 1e-1, 2e-2))))
+@dataclass(frozen=True)
+class FamilyCheck:
+    """What `llmc test` needs of a family beyond its Family."""
+    read_debug_state: Callable[[str, Any], formats.DebugState]  # (path, config) -> state
+    tolerances: dict[str, Tolerances]  # by backend name
+    adamw: AdamW
+    clip_to: float | None  # global gradient norm clipped to before each update, as the reference did
+    published_losses: tuple[tuple[Any, tuple[float, ...]], ...] = ()  # (config, step losses) for states without
 
 
-def check(model_path: str, state_path: str, backend: ModuleType, tol: Tolerances, steps: int,
+GPT2_NAMES = tuple(param_shapes(GPT2_124M))
+LLAMA3_NAMES = tuple(llama_param_shapes(NAMED_SHAPES["llama3.2-1b"]))
+# test_llama3.cu's bf16 thresholds, in parameter order; the bias slots are zero on both sides
+# (attprojb's threshold is test_llama3.cu's 0*3e-2)
+LLAMA3_GPU_GRADS = (1e-1, 4e-3, 2e-2, 8e-3, 1e-1, 3.5e-2, 2e-2, 0.0, 2e-2, 2.5e-3, 5e-2, 5e-2, 1e-1, 1.5e-2, 1e-1, 2e-2)
+
+CHECKS: dict[str, FamilyCheck] = {
+    "gpt2": FamilyCheck(
+        formats.read_debug_state, {
+            # test_gpt2.c's
+            "cpu": Tolerances(logits=1e-2, loss=1e-2, grad={name: 2e-2 for name in GPT2_NAMES}),
+            # test_gpt2.cu's thresholds for bf16, in parameter order
+            "gpu": Tolerances(logits=25.0, loss=0.05, grad_rel=0.079, grad=dict(zip(GPT2_NAMES, (
+                5e-1, 4e-3, 1e-1, 4e-2, 5e-2, 3.5e-2, 2e-2, 3e-2, 5e-2, 3e-2, 3e-2, 3e-2, 2e-2, 1e-2, 1e-1, 2e-2))))},
+        TEST_ADAMW, None, ((GPT2_124M, GPT2_124M_LOSSES),)),
+    "llama3": FamilyCheck(
+        llama_formats.read_debug_state, {
+            # test_llama3.cu's ENABLE_FP32 build: logits 1e-3, losses 1e-5, gradients 1e-6 plus its 0.079
+            # relative epsilon; it does not check the norms: 1e-4 relative, the losses' order in fp32
+            "cpu": Tolerances(logits=1e-3, loss=1e-5, grad={name: 1e-6 for name in LLAMA3_NAMES}, grad_rel=0.079,
+                              norm_rel=1e-4),
+            # test_llama3.cu's bf16 build; the norms to its bf16 epsilon
+            "gpu": Tolerances(logits=1.0, loss=0.05, grad=dict(zip(LLAMA3_NAMES, LLAMA3_GPU_GRADS)), grad_rel=0.079,
+                              norm_rel=0.079)},
+        LLAMA3_TEST_ADAMW, 1.0),
+}
+
+
+def check(model_path: str, state_path: str, backend: ModuleType, steps: int,
           out: Callable[[str], None] = print) -> bool:
-    """Run the checks, printing as test_gpt2.c does; True if everything passed."""
-    cfg, params = read_model(model_path)
-    state = read_debug_state(state_path, cfg)
+    """Run the checks, printing as test_gpt2.c / test_llama3.cu do; True if everything passed."""
+    if not model_path.endswith(".bin"):
+        raise LlmcError(f"{model_path}: llmc test needs a model .bin file")
+    family, cfg, params = families.load(model_path)
+    spec = CHECKS[family.name]
+    tol = spec.tolerances[backend.name]
+    state = spec.read_debug_state(state_path, cfg)
+    ref_norms = getattr(state, "ref_norms", None)  # only Llama 3's history records them
     B, T = state.inputs.shape
     V = cfg.vocab_size
-    out(f"[GPT-2] max_seq_len {cfg.max_seq_len} vocab {V} (padded {cfg.padded_vocab_size}) layers {cfg.num_layers} "
-        f"heads {cfg.num_heads} channels {cfg.channels}; batch B={B} T={T}; device {backend.name}")
-    model = GPT(cfg, backend, params, B, T)
+    out(f"[{family.name}] " + ", ".join(f"{k} {v}" for k, v in family.describe(cfg))
+        + f"; batch B={B} T={T}; device {backend.name}")
+    model = family.Model(cfg, backend, params, B, T)
     model.set_batch(state.inputs, state.targets)
     ok = True
 
@@ -61,15 +106,17 @@ def check(model_path: str, state_path: str, backend: ModuleType, tol: Tolerances
     out(f"{'' if logits_ok else 'NOT '}OK (LOGITS), max diff {diff:.3e}")
     ok &= logits_ok
 
+    published = next((losses for c, losses in spec.published_losses if c == cfg), None)
     if steps > 0 and state.ref_losses is not None:
-        ref_losses, source = state.ref_losses.tolist(), "the state's loss trailer"
-    elif steps > 0 and cfg == GPT2_124M:
-        ref_losses, source = list(GPT2_124M_LOSSES), "llm.c's published GPT-2 124M losses"
+        ref_losses = state.ref_losses.tolist()
+        source = "the state's loss trailer" if ref_norms is None else "the state's training history (losses, norms)"
+    elif steps > 0 and published is not None:
+        ref_losses, source = list(published), "llm.c's published losses for this model"
     else:
         ref_losses, source = [], None
     if steps > len(ref_losses):
         out(f"note: only {len(ref_losses)} reference step losses available"
-            + ("" if source else " (the state has no loss trailer and the model is not GPT-2 124M): "
+            + ("" if source else " (the state has no loss trailer and llm.c publishes none for this model): "
                "only step 0 (logits, loss, gradients) is checked"))
         steps = len(ref_losses)
     elif source:
@@ -80,28 +127,45 @@ def check(model_path: str, state_path: str, backend: ModuleType, tol: Tolerances
         model.zero_grad()
         model.forward(dloss=1.0 / (B * T))
         model.backward()
+        model.compute_grad_norm()  # what clipping reads, and the norm a history is checked against
         backend.synchronize()
         ms = (time.perf_counter() - t0) * 1000
         loss = model.mean_loss()
         if step == 0:
             loss_ok = abs(loss - state.loss) < tol.loss
             out(f"{'' if loss_ok else 'NOT '}OK (LOSS) {loss:f} vs reference {state.loss:f}")
-            ok &= loss_ok & _check_grads(model, state.grads, cfg, tol, out)
+            ok &= loss_ok & _check_grads(model, state.grads, tol, out)
         if step < steps:
-            step_ok = abs(loss - ref_losses[step]) < tol.loss
+            step_ok = _check_step(model, step, loss, ms, ref_losses[step],
+                                  None if ref_norms is None else float(ref_norms[step]), tol, out)
             ok &= step_ok
-            out(f"step {step}: loss {loss:f} (took {ms:f} ms) OK = {int(step_ok)}")
-            model.update(TEST_ADAMW, step=step + 1)
+            model.update(spec.adamw, step=step + 1, clip_to=spec.clip_to)
     out(f"overall okay: {int(ok)}")
     return ok
 
 
-def _check_grads(model: GPT, ref: np.ndarray, cfg: GPTConfig, tol: Tolerances, out: Callable[[str], None]) -> bool:
-    shapes = param_shapes(cfg)
-    got = views(model.backend.to_host(model.grads), shapes)
-    want = views(ref, shapes)
+def _check_step(model: FlatModel, step: int, loss: float, ms: float, ref_loss: float, ref_norm: float | None,
+                tol: Tolerances, out: Callable[[str], None]) -> bool:
+    """One step's loss (and gradient norm, where the history has it) against the reference's."""
+    loss_ok = abs(loss - ref_loss) < tol.loss
+    norm_text, norm_ok = "", True
+    if ref_norm is not None:
+        norm = model.grad_norm()
+        norm_ok = abs(norm - ref_norm) <= tol.norm_rel * abs(ref_norm)
+        norm_text = f" norm {norm:f}"
+    out(f"step {step}: loss {loss:f}{norm_text} (took {ms:f} ms) OK = {int(loss_ok and norm_ok)}")
+    if not loss_ok:
+        out(f"LOSS MISMATCH AT STEP {step}: {loss:f} {ref_loss:f}")
+    if not norm_ok:
+        out(f"NORM MISMATCH AT STEP {step}: {norm:f} {ref_norm:f}")
+    return loss_ok and norm_ok
+
+
+def _check_grads(model: FlatModel, ref: np.ndarray, tol: Tolerances, out: Callable[[str], None]) -> bool:
+    got = views(model.backend.to_host(model.grads), {name: p.shape for name, p in model.p.items()})
+    want = views(ref, {name: p.shape for name, p in model.p.items()})
     ok = True
-    for name in shapes:
+    for name in got:
         diff = np.abs(got[name] - want[name])
         bound = tol.grad[name] + tol.grad_rel * np.abs(want[name])
         tensor_ok = bool((diff <= bound).all())
