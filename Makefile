@@ -1,7 +1,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: install test test-gpu demo bench bench-cpu bench-gpu bench-multigpu clean
+.PHONY: install test test-gpu demo bench bench-cpu bench-gpu bench-gpu-llama bench-multigpu clean
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -27,6 +27,10 @@ bench-cpu:
 
 bench-gpu:
 	$(PYTHON) -m tests.bench.bench_gpu
+
+# Llama-3.2-1B's shape (L16, C2048, 32 heads, 8 KV heads, SwiGLU 8192, V 128256) at T=2048
+bench-gpu-llama:
+	$(PYTHON) -m tests.bench.bench_gpu -e llama3.2-1b -t 2048 -b 4 8
 
 bench-multigpu:
 	$(PYTHON) -m tests.bench.bench_multigpu

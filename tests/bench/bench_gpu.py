@@ -12,6 +12,9 @@ training loop that logs every step). Medians over the measured steps (means prin
 configuration runs in its own child process; peak memory is the device's used memory (total - free,
 llm.c's measure, CUDA context included) after the steps.
 `--profile` adds llmc's per-primitive GPU time (CUDA events around each eager call).
+`-e` takes any model llmc trains: `make bench-gpu-llama` runs Llama-3.2-1B's shape, whose reference is
+transformers' LlamaForCausalLM (SDPA, grouped key/value heads) holding the same weights, under the same
+torch.compile, bf16 autocast and fused AdamW (TORCH_REFERENCES: one reference per model family).
 """
 
 import argparse
@@ -58,8 +61,8 @@ def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, gelu_fusion:
         mem = device_used_mib()
     step_ms = [float(m.group(1)) for m in map(re.compile(r"^step .*\| ([0-9.]+) ms \|").match, lines) if m]
     losses = [float(m.group(1)) for m in map(re.compile(r"^step .*\| loss ([0-9.]+)").match, lines) if m]
-    return {"cfg": trainer.model_cfg, "times": [ms / 1e3 for ms in step_ms[warmup:]], "losses": losses,
-            "mem_mib": mem}
+    return {"cfg": trainer.model_cfg, "family": trainer.family, "times": [ms / 1e3 for ms in step_ms[warmup:]],
+            "losses": losses, "mem_mib": mem}
 
 
 def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
@@ -110,29 +113,23 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
     return sorted(((k, totals[k], counts[k]) for k in totals), key=lambda r: -r[1])
 
 
-def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
+def torch_gpt2(cfg, params: np.ndarray, device: str):
+    """GPT-2 as PyTorch users write it: one parameter per layer tensor, tied embedding, flash SDPA; a
+    module whose forward(idx, targets) is the mean loss."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    from llmc.core import families
     from llmc.core.config import param_shapes
+    from llmc.core.flat_model import views
 
-    _, cfg, params = families.load(model)
     L, C, NH, V = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.vocab_size
-    flat = torch.from_numpy(params)
-    tensors, offset = {}, 0
-    for name, shape in param_shapes(cfg).items():
-        n = int(np.prod(shape))
-        tensors[name] = flat[offset: offset + n].view(shape)
-        offset += n
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(t)) for name, t in views(params, param_shapes(cfg)).items()}
 
     class Reference(nn.Module):
-        """GPT-2 as PyTorch users write it: one parameter per layer tensor, tied embedding."""
-
         def __init__(self):
             super().__init__()
-            p = lambda t: nn.Parameter(t.clone().cuda())  # noqa: E731
+            p = lambda t: nn.Parameter(t.clone().to(device))  # noqa: E731
             self.wte, self.wpe = p(tensors["wte"]), p(tensors["wpe"])
             self.layers = nn.ModuleList()
             for l in range(L):
@@ -156,9 +153,48 @@ def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
             logits = F.linear(F.layer_norm(x, (C,), self.lnfw, self.lnfb, 1e-5), self.wte)
             return F.cross_entropy(logits[..., :V].float().view(-1, V), targets.view(-1))
 
+    return Reference()
+
+
+def torch_llama3(cfg, params: np.ndarray, device: str):
+    """Llama 3 as PyTorch users run it: transformers' LlamaForCausalLM (SDPA attention, which takes the
+    grouped key/value heads) holding llmc's weights (core/hf_llama's mapping, checked against llmc's logits
+    in tests/core/test_hf_llama.py); a module whose forward(idx, targets) is the mean loss."""
+    import torch
+    import torch.nn.functional as F
+    import transformers
+    from torch import nn
+
+    from llmc.core import hf_llama
+
+    hf = transformers.LlamaConfig(**hf_llama.hf_config(cfg, tied=False), attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(hf)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in hf_llama.llmc_to_hf(cfg, params, tied=False).items()})
+
+    class Reference(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model.to(device)
+
+        def forward(self, idx, targets):
+            logits = self.model(idx).logits
+            return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
+
+    return Reference()
+
+
+TORCH_REFERENCES = {"gpt2": torch_gpt2, "llama3": torch_llama3}
+
+
+def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
+    import torch
+
+    from llmc.core import families
+
+    family, cfg, params = families.load(model)
     torch.backends.cuda.matmul.allow_tf32 = True
-    net = Reference()
-    del params, flat, tensors
+    net = TORCH_REFERENCES[family.name](cfg, params, "cuda")
+    del params
     opt = torch.optim.AdamW(net.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True)
     compiled = torch.compile(net)
     data = [tuple(torch.from_numpy(a).long() for a in xy) for xy in batches(cfg, B, T, 4)]
@@ -177,17 +213,15 @@ def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     free, total = torch.cuda.mem_get_info()
-    return {"cfg": cfg, "times": times[warmup:], "losses": losses, "mem_mib": (total - free) / 2 ** 20}
+    return {"cfg": cfg, "family": family, "times": times[warmup:], "losses": losses, "mem_mib": (total - free) / 2 ** 20}
 
 
 def child(which: str, model: str, B: int, T: int, warmup: int, steps: int, profile: bool, gelu_fusion: int) -> None:
-    from llmc.core.config import flops_per_token
-
     r = bench_llmc(model, B, T, warmup, steps, gelu_fusion) if which == "llmc" else bench_torch(model, B, T, warmup, steps)
     dt = float(np.median(r["times"]))
     tok_s = B * T / dt
     out = {"ms": dt * 1e3, "mean_ms": float(np.mean(r["times"])) * 1e3, "tok_s": tok_s,
-           "flops_per_s": tok_s * flops_per_token(r["cfg"], T),
+           "flops_per_s": tok_s * r["family"].flops_per_token(r["cfg"], T),
            "mem_mib": r["mem_mib"], "first_loss": r["losses"][0], "last_loss": r["losses"][-1],
            "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3}
     if profile and which == "llmc":
@@ -238,7 +272,7 @@ def main() -> None:
             for key, ms, n in r.get("profile", []):
                 print(f"      {ms:8.3f} ms  {n:4d}x  {key}")
         rows.append((B, results))
-    print(f"\nGPT-2 {args.e}, T={args.t}, no recompute, {device}; median of {args.steps} steps after {args.warmup}")
+    print(f"\n{args.e}, T={args.t}, no recompute, {device}; median of {args.steps} steps after {args.warmup}")
     print("| B | llmc ms/step | llmc tok/s | llmc MFU | llmc mem GiB | torch ms/step | torch tok/s | torch MFU "
           "| torch mem GiB | llmc/torch |")
     print("|---|---|---|---|---|---|---|---|---|---|")
