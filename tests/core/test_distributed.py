@@ -18,6 +18,7 @@ from llmc.core.distributed import (ALIGN, SingleProcess, exchange_fs, exchange_t
 from llmc.core.errors import LlmcError
 from llmc.core.formats import write_shard
 from llmc.core.outliers import OutlierDetector
+from llmc.core.rundir import RunDir
 from llmc.core.train import Trainer
 from llmc.core.train_config import TrainConfig
 from llmc.tests.core.training_data import write_model_and_shards
@@ -262,6 +263,20 @@ def test_two_ranks_train_as_one_process_with_the_same_total_batch(data, zero):
     n = single.model.params.size
     sizes = [t.model.m.size for t in ranks]
     assert sizes == ([zero_shard(n, 2, 0).size] * 2 if zero else [n, n])  # -z 1: half the optimizer state each
+
+
+def test_every_rank_stops_when_rank_0_cannot_take_the_output_dir(data, tmp_path):
+    out = tmp_path / "out"
+    holder = RunDir(str(out), rank=0)  # another run holds the folder
+    try:
+        # rank 0 names the holder, rank 1 says rank 0 could not take it; neither waits for the other
+        with pytest.raises(LlmcError, match=f"-o {out} is in use by|rank 0 could not take the output dir -o {out}"):
+            run_ranks([config(data, num_processes=2, process_rank=r, output_dir=str(out)) for r in range(2)])
+    finally:
+        holder.release()
+    assert sorted(p.name for p in out.iterdir()) == [".llmc.lock"]  # nothing written by the refused ranks
+    run_ranks([config(data, num_processes=2, process_rank=r, output_dir=str(out)) for r in range(2)])
+    assert (out / "main.log").exists()  # free again once the holder is gone
 
 
 def test_two_ranks_checkpoint_and_resume(data, tmp_path):
