@@ -100,9 +100,37 @@ def hf_loss(model, x: np.ndarray, y: np.ndarray):
 
 # ----------------------------------------------------------------------------- forward, backward
 
+def seeded_random_cases(n: int, seed: int = 2026) -> list[tuple[LlamaConfig, int, int, bool, bool]]:
+    """Configs outside the fixed list: GQA ratio, head size, depth, vocab, T, tying and RoPE scaling drawn
+    from a seeded generator (new draws only when the seed changes, so a failure is reproducible)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n):
+        nkv, ratio, hs = int(rng.choice([1, 2])), int(rng.choice([1, 2, 4])), int(rng.choice([16, 32, 48, 64, 128]))
+        maxT = int(rng.choice([16, 32]))
+        V = int(rng.integers(50, 400))
+        V += V % 128 == 0
+        cfg = llama(int(rng.integers(1, 3)), nkv * ratio, nkv, nkv * ratio * hs, V, maxT,
+                    theta=float(rng.choice([10000.0, 500000.0])))
+        cases.append((cfg, int(rng.integers(1, 4)), int(rng.integers(2, maxT + 1)), bool(rng.integers(2)),
+                      bool(rng.integers(2))))
+    return cases
+
+
 @pytest.mark.parametrize("cfg,B,T,tied", CASES, ids=IDS)
 @pytest.mark.parametrize("scaled", [True, False], ids=["scaled", "unscaled"])
 def test_forward_backward_matches_transformers(cfg, B, T, tied, scaled):
+    check_against_transformers(cfg, B, T, tied, scaled)
+
+
+@pytest.mark.parametrize("cfg,B,T,tied,scaled", seeded_random_cases(4))
+def test_seeded_random_configs_match_transformers(cfg, B, T, tied, scaled):
+    check_against_transformers(cfg, B, T, tied, scaled)
+
+
+def check_against_transformers(cfg: LlamaConfig, B: int, T: int, tied: bool, scaled: bool) -> None:
+    """Logits, loss and every gradient of the Llama model (recompute 0, 1, 2; after a step on another batch)
+    against transformers' LlamaForCausalLM on the same weights."""
     cfg = dataclasses.replace(cfg, use_scaled_rope=scaled)
     params = random_params(cfg, seed=B * 100 + T, tied=tied)
     rng = np.random.default_rng(T)
