@@ -91,13 +91,6 @@ def find_latest(out_dir: str | os.PathLike, rank: int = 0) -> int | None:
     return None
 
 
-def remove_stale_temporaries(out_dir: str | os.PathLike) -> None:
-    """Temporary files a killed writer left behind (they never carry a final name)."""
-    for p in Path(out_dir).glob(".*.tmp"):
-        if re.fullmatch(r"\.(model_\d+\.bin|state_\d+_\d+\.bin|DONE_\d+|main\.log|metrics\.csv|config\.json)\..+\.tmp", p.name):
-            p.unlink(missing_ok=True)
-
-
 # ----------------------------------------------------------------------------- mt19937 <-> llm.c
 
 def mt_to_llmc(state: dict, seed: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,9 @@ from llmc.core.errors import LlmcError
 from llmc.core.formats import atomic_write
 
 LOCK, LOG, METRICS, CONFIG = ".llmc.lock", "main.log", "metrics.csv", "config.json"
+# atomic_write's temporary names for a run's files: `.NAME.XXXXXXXX.tmp`
+STALE = re.compile(rf"\.({'|'.join(map(re.escape, (LOG, METRICS, CONFIG)))}|model_\d+\.bin|state_\d+_\d+\.bin|DONE_\d+)"
+                   r"\..+\.tmp")
 # flags whose change would resume another run than the one in the folder (another data order or state)
 RESUME_MUST_MATCH = ("train_data", "batch_size", "seq_len", "total_batch_size", "overfit_single_batch",
                      "num_processes", "zero_stage")
@@ -160,6 +164,9 @@ class RunDir:
             return
         if record.get("resumed_from_step") is None and holds_run(self.path):
             self._delete_run(out)
+        for p in self.path.glob(".*.tmp"):  # what a killed writer left (atomic_write's names: never final ones)
+            if STALE.fullmatch(p.name):
+                p.unlink(missing_ok=True)
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"process {os.getpid()} on {socket.gethostname()} ({' '.join(_argv())}, "
                                  f"started {_now()})\n".encode(), 0)

@@ -141,8 +141,6 @@ class Trainer:
             self.run_dir.take(record, self.out)
         self.run_log = RunLog(cfg.output_dir if self.main else None, resume_step, cfg.tensorboard and self.main,
                               cfg.wandb_project if self.main else None, wandb_id, record)
-        if self.main and cfg.output_dir:
-            checkpoint.remove_stale_temporaries(cfg.output_dir)
 
     # ------------------------------------------------------------------ output dir, checkpoints, resume
     def _restore(self, step: int) -> None:
