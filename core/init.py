@@ -21,7 +21,7 @@ def random_init(cfg: GPTConfig, seed: int = 42) -> np.ndarray:
 
     def fill(name: str, start: int, n: int, std: float) -> None:
         o = offsets[name] + start
-        params[o: o + n] = rng.normal(n, 0.0, std)
+        rng.normal_fill(params[o: o + n], 0.0, std)
 
     for name in ("ln1w", "ln2w", "lnfw"):
         params[offsets[name]: offsets[name] + sizes[name]] = 1.0

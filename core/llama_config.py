@@ -188,7 +188,7 @@ def random_init(cfg: LlamaConfig, seed: int = 42) -> np.ndarray:
     residual_std = 0.02 / math.sqrt(2 * cfg.num_layers)
 
     def draw(t: np.ndarray, std: float) -> None:
-        t[...] = rng.normal(t.size, 0.0, std).reshape(t.shape)
+        rng.normal_fill(t, 0.0, std)
 
     draw(p["wte"], 0.02)
     for l in range(cfg.num_layers):

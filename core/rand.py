@@ -5,6 +5,10 @@ The raw mt19937 stream comes from NumPy's MT19937 with llm.c's (= torch's) integ
 whole tensors are drawn vectorized; the state can be saved and restored for exact resume.
 """
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 
@@ -14,24 +18,40 @@ class MT19937:
     def __init__(self, seed: int):
         self.bitgen = np.random.MT19937()
         self.bitgen._legacy_seeding(seed)  # init_genrand(seed): the recurrence torch and llm.c use
+        self.generator = np.random.Generator(self.bitgen)
 
     def randint32(self, n: int) -> np.ndarray:
-        return self.bitgen.random_raw(n).astype(np.uint32)
+        # Generator.integers over the full uint32 range returns the raw 32-bit outputs, without the
+        # uint64 array random_raw makes
+        return self.generator.integers(0, 1 << 32, size=n, dtype=np.uint32)
 
     def randfloat32(self, n: int) -> np.ndarray:
         """(u & (2^24 - 1)) / 2^24 in fp32, as randfloat32."""
-        return ((self.randint32(n) & 0xFFFFFF).astype(np.float32) * np.float32(1.0 / (1 << 24)))
+        return _uniform24(self.randint32(n))
 
     def normal(self, n: int, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
         """n normals exactly as llm.c's normal_ (torch's CPU normal_): Box-Muller over blocks of 16."""
+        return self.normal_fill(np.empty(n, dtype=np.float32), mean, std)
+
+    def normal_fill(self, out: np.ndarray, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
+        """normal(out.size) written into the float32 array out, in place. The stream is drawn in order in
+        chunks while a thread pool turns earlier chunks into normals (NumPy's math releases the GIL), so
+        a billion parameters take seconds, not minutes."""
+        flat = out.view()
+        flat.shape = (-1,)  # raises rather than fill a copy when out is not contiguous
+        n = flat.size
         if n < 16:
-            return self._normal_small(n, mean, std)
-        data = self.randfloat32(n)
+            flat[...] = self._normal_small(n, mean, std)
+            return out
         full = n // 16 * 16
-        data[:full] = _box_muller_16(data[:full].reshape(-1, 16), mean, std).reshape(-1)
-        if n % 16:  # redo the last 16 values from fresh uniforms
-            data[n - 16:] = _box_muller_16(self.randfloat32(16).reshape(1, 16), mean, std).reshape(-1)
-        return data
+        jobs = [_pool().submit(_box_muller_16, flat[i: i + step].reshape(-1, 16), self.randint32(step), mean, std)
+                for i in range(0, full, _CHUNK) for step in [min(_CHUNK, full - i)]]
+        for job in jobs:
+            job.result()
+        if n % 16:  # llm.c draws all n uniforms, then redoes the last 16 values from fresh ones
+            self.randint32(n - full)
+            _box_muller_16(flat[n - 16:].reshape(1, 16), self.randint32(16), mean, std)
+        return out
 
     def _normal_small(self, n: int, mean: float, std: float) -> np.ndarray:
         # numel < 16: pairs from two doubles each; 53-bit doubles from two 32-bit draws
@@ -73,14 +93,28 @@ class MT19937:
         self.bitgen.state = state
 
 
-def _box_muller_16(u: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """normal_fill_16 on rows of 16 uniforms: first 8 pair with last 8 (fp32 math, as llm.c)."""
+_CHUNK = 1 << 18  # normals per thread-pool job (a multiple of 16)
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="llmc-normal")
+
+
+def _uniform24(raw: np.ndarray) -> np.ndarray:
+    return (raw & 0xFFFFFF).astype(np.float32) * np.float32(1.0 / (1 << 24))
+
+
+def _box_muller_16(out: np.ndarray, raw: np.ndarray, mean: float, std: float) -> None:
+    """normal_fill_16 into rows of 16 from as many raw draws: the first 8 uniforms of a row pair with
+    the last 8 (fp32 math, as llm.c)."""
+    u = _uniform24(raw).reshape(-1, 16)
     u1 = np.float32(1) - u[:, :8]
-    u2 = u[:, 8:]
     radius = np.sqrt(np.float32(-2) * np.log(u1 + np.float32(1e-12)))
-    theta = (2.0 * np.pi * u2.astype(np.float64)).astype(np.float32)
+    theta = (2.0 * np.pi * u[:, 8:].astype(np.float64)).astype(np.float32)
     std, mean = np.float32(std), np.float32(mean)
-    return np.concatenate([radius * np.cos(theta) * std + mean, radius * np.sin(theta) * std + mean], axis=1)
+    out[:, :8] = radius * np.cos(theta) * std + mean
+    out[:, 8:] = radius * np.sin(theta) * std + mean
 
 
 class XorShift:

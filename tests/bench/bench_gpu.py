@@ -48,11 +48,15 @@ def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, gelu_fusion:
     from llmc.core.train import Trainer
     from llmc.core.train_config import TrainConfig
 
+    from llmc.core import families
+
     lines = []
+    vocab = families.load(model)[1].vocab_size
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         for split, n in (("train", B * T * (warmup + steps) + 1), ("val", B * T + 1)):
-            write_shard(f"{tmp}/{split}.bin", rng.integers(0, 50257, n).astype(np.uint16))
+            tokens = rng.integers(0, vocab, n)
+            write_shard(f"{tmp}/{split}.bin", tokens, "gpt-2" if vocab <= 2 ** 16 else "llama-3")
         cfg = TrainConfig(train_data=f"{tmp}/train.bin", val_data=f"{tmp}/val.bin", model=model, B=B, T=T,
                           max_steps=warmup + steps, val_every=10 ** 9, val_max_steps=1, sample_every=0,
                           gelu_fusion=gelu_fusion, recompute=0)
@@ -71,7 +75,6 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
 
     from llmc.core import families
     from llmc.core.backends import get_backend
-    from llmc.core.model import GPT
     from llmc.core.primitives import AdamW
 
     gpu = get_backend("gpu")
@@ -95,17 +98,17 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
     for n in gpu.__all__:
         if n.endswith(("_forward", "_backward", "_update", "_squared", "crossentropy")):
             setattr(proxy, n, timed(n, getattr(gpu, n)))
-    _, cfg, params = families.load(model)
-    gpt = GPT(cfg, proxy, params, B, T)
+    family, cfg, params = families.load(model)
+    net = family.Model(cfg, proxy, params, B, T)
     x, y = batches(cfg, B, T, 1)[0]
-    gpt.set_batch(x, y)
+    net.set_batch(x, y)
     for repeat in range(2):  # the first compiles and plans
         pending.clear()
-        gpt.zero_grad()
-        gpt.forward(dloss=1.0 / (B * T))
-        gpt.backward()
-        gpt.compute_grad_norm()
-        gpt.update(AdamW(lr=3e-4), step=1)
+        net.zero_grad()
+        net.forward(dloss=1.0 / (B * T))
+        net.backward()
+        net.compute_grad_norm()
+        net.update(AdamW(lr=3e-4), step=1)
         gpu.synchronize()
     for key, start, end in pending:
         totals[key] += cp.cuda.get_elapsed_time(start, end)
@@ -236,7 +239,7 @@ def main() -> None:
     ap.add_argument("-t", type=int, default=1024)
     ap.add_argument("--warmup", type=int, default=50,
                     help="steps not timed: under a power cap the clock settles over the first ~1.2 s")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=50, help="measured steps (the median is printed)")
     ap.add_argument("--only", choices=["llmc", "torch"], help="run one side only")
     ap.add_argument("--profile", action="store_true", help="llmc's per-primitive GPU time")
     ap.add_argument("-ge", type=int, default=2, choices=[0, 1, 2], help="llmc's GELU fusion (as train-gpu -ge)")

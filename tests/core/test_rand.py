@@ -205,3 +205,14 @@ def test_xorshift_matches_sampler_h(seed):
     assert got_ints == ints
     assert got_floats == floats
     assert all(0 <= f < 1 for f in got_floats) and all(0 <= u < 2**32 for u in got_ints)
+
+
+@pytest.mark.parametrize("n", [5, 16, 33, 3 * (1 << 18) + 7])  # below 16, a block, a tail, several pool jobs
+def test_normal_fill_is_normal_in_place(n):
+    a, b = MT19937(3), MT19937(3)
+    out = np.full(n, np.nan, dtype=np.float32)
+    assert a.normal_fill(out, 0.5, 0.02) is out
+    np.testing.assert_array_equal(out, b.normal(n, 0.5, 0.02))
+    assert a.randint32(4).tolist() == b.randint32(4).tolist()  # both streams moved alike
+    with pytest.raises(AttributeError):
+        a.normal_fill(np.zeros((4, 8), dtype=np.float32)[:, :4])
