@@ -25,12 +25,18 @@ bench: bench-cpu
 bench-cpu:
 	$(PYTHON) -m tests.bench.bench_cpu
 
+# LLM_C=path/to/train_gpt2cu runs llm.c in the same command (how to build it: tests/bench/bench_gpu.py)
+BENCH_GPU = $(PYTHON) -m tests.bench.bench_gpu $(if $(LLM_C),--llm-c $(LLM_C))
+
+# GPT-2 124M (d12), 350M (d24) and 1.5B (d48, recomputing the GELU as llm.c's default -r 1)
 bench-gpu:
-	$(PYTHON) -m tests.bench.bench_gpu
+	$(BENCH_GPU) -e d12 -b 16 64
+	$(BENCH_GPU) -e d24 -b 16
+	$(BENCH_GPU) -e d48 -b 8 -r 1
 
 # Llama-3.2-1B's shape (L16, C2048, 32 heads, 8 KV heads, SwiGLU 8192, V 128256) at T=2048
 bench-gpu-llama:
-	$(PYTHON) -m tests.bench.bench_gpu -e llama3.2-1b -t 2048 -b 4 8
+	$(PYTHON) -m tests.bench.bench_gpu -e llama3.2-1b -t 2048 -b 8 16
 
 bench-multigpu:
 	$(PYTHON) -m tests.bench.bench_multigpu

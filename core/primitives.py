@@ -65,6 +65,10 @@ class Primitives(Protocol):
         """Device memory in use in bytes, as llm.c reports it (cudaMemGetInfo's total - free); None on
         the CPU, whose memory the process's RSS tells."""
 
+    def first_run_note(self) -> str | None:
+        """One line for the trainer to print before a first step that will tune and compile for a while
+        (a GPU its tuning cache holds nothing for); None when the start is quick."""
+
     def attention_stats_shape(self, B: int, T: int, NH: int) -> tuple[int, ...]:
         """Shape of the fp32 state attention_forward saves for backward
         (CPU: the attention probabilities (B, NH, T, T); GPU: softmax log-sum-exp (B, NH, T))."""

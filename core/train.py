@@ -329,6 +329,9 @@ class Trainer:
     def run(self) -> None:
         # overflow is caught as a non-finite loss or norm, with a clear stop; NumPy's warnings would only add noise
         self.started = time.perf_counter()
+        note = self.backend.first_run_note()
+        if note and self.main:
+            self.out(note)
         try:
             with self._stop_on_signals(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 self._loop()

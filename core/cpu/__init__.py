@@ -57,8 +57,12 @@ def memory_used() -> None:
     return None
 
 
+def first_run_note() -> None:
+    return None  # nothing is tuned on the CPU
+
+
 __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
-           "promised_flops", "device_name", "memory_used",
+           "promised_flops", "device_name", "memory_used", "first_run_note",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward",
            "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward", "matmul_forward", "matmul_backward",

@@ -18,6 +18,7 @@ from llmc.core.gpu.optimizer import adamw_update, global_norm_squared
 from llmc.core.gpu.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from llmc.core.gpu.rope import rope_backward, rope_forward
 from llmc.core.gpu.swiglu import swiglu_backward, swiglu_forward
+from llmc.core.gpu.tuning_cache import first_run_note
 
 name = "gpu"
 xp = cp
@@ -25,7 +26,7 @@ act_dtype = BF16
 asynchronous = True
 
 __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
-           "promised_flops", "device_name", "memory_used",
+           "promised_flops", "device_name", "memory_used", "first_run_note",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward",
            "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward", "matmul_forward", "matmul_backward",

@@ -8,7 +8,7 @@ from llmc.core.gpu.runtime import (BF16, after_side_work, cdiv, check, check_arr
 
 ROWS_PER_BLOCK = 8  # forward: one warp per row
 BWD_WARPS = 8  # backward: warps per block, each with C floats of shared memory (its dweight slice)
-BWD_BLOCKS_PER_SM = 2  # kernels/rmsnorm.cu's RMS_MIN_BLOCKS
+BWD_BLOCKS_PER_SM = 1  # kernels/rmsnorm.cu's RMS_MIN_BLOCKS
 
 
 def _check(op: str, out, rstd, inp, weight) -> tuple[int, int]:

@@ -55,3 +55,12 @@ def remember(key: str, value: list) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+def first_run_note() -> str | None:
+    """One line for a start on a GPU (and cuBLASLt) the cache holds nothing for, None otherwise: the first
+    step will time cuBLASLt's algorithms for every GEMM shape and compile llmc's kernels, once."""
+    if _read_cache():
+        return None
+    return (f"first run on this {current().name}: the first step times cuBLASLt's algorithms for each GEMM shape "
+            f"and compiles llmc's kernels, once (~10 s for GPT-2 124M on an H200); later runs read {_cache_file()}")

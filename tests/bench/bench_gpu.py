@@ -19,8 +19,10 @@ torch.compile, bf16 autocast and fused AdamW (TORCH_REFERENCES: one reference pe
 
 import argparse
 import json
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from types import SimpleNamespace
@@ -38,35 +40,62 @@ def device_used_mib() -> float:
     return (total - free) / 2 ** 20
 
 
-def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, gelu_fusion: int = 2) -> dict:
-    """train-gpu's own loop (llmc.core.train.Trainer) on random tokens: the step times it prints."""
-    import re
-    import tempfile
+STEP_MS = re.compile(r"^step .*\| ([0-9.]+) ms \|")  # train-gpu's and train_gpt2cu's step lines
+STEP_LOSS = re.compile(r"^step .*\| loss ([0-9.]+)")
 
-    from llmc.core.backends import get_backend
+
+def random_shards(folder: str, model: str, B: int, T: int, steps: int) -> tuple:
+    """train.bin (steps batches) and val.bin of random tokens below the model's vocab size; (family, config)."""
+    from llmc.core import families
     from llmc.core.formats import write_shard
+
+    family, cfg, _ = families.load(model)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", B * T * steps + 1), ("val", B * T + 1)):
+        write_shard(f"{folder}/{split}.bin", rng.integers(0, cfg.vocab_size, n),
+                    "gpt-2" if cfg.vocab_size <= 2 ** 16 else "llama-3")
+    return family, cfg
+
+
+def step_lines(lines: list[str], warmup: int) -> dict:
+    times = [float(m.group(1)) / 1e3 for m in map(STEP_MS.match, lines) if m]
+    return {"times": times[warmup:], "losses": [float(m.group(1)) for m in map(STEP_LOSS.match, lines) if m]}
+
+
+def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, recompute: int, gelu_fusion: int) -> dict:
+    """train-gpu's own loop (llmc.core.train.Trainer) on random tokens: the step times it prints."""
+    from llmc.core.backends import get_backend
     from llmc.core.train import Trainer
     from llmc.core.train_config import TrainConfig
 
-    from llmc.core import families
-
     lines = []
-    vocab = families.load(model)[1].vocab_size
     with tempfile.TemporaryDirectory() as tmp:
-        rng = np.random.default_rng(0)
-        for split, n in (("train", B * T * (warmup + steps) + 1), ("val", B * T + 1)):
-            tokens = rng.integers(0, vocab, n)
-            write_shard(f"{tmp}/{split}.bin", tokens, "gpt-2" if vocab <= 2 ** 16 else "llama-3")
-        cfg = TrainConfig(train_data=f"{tmp}/train.bin", val_data=f"{tmp}/val.bin", model=model, B=B, T=T,
-                          max_steps=warmup + steps, val_every=10 ** 9, val_max_steps=1, sample_every=0,
-                          gelu_fusion=gelu_fusion, recompute=0)
-        trainer = Trainer(cfg, get_backend("gpu"), out=lines.append)
-        trainer.run()
+        family, cfg = random_shards(tmp, model, B, T, warmup + steps)
+        config = TrainConfig(train_data=f"{tmp}/train.bin", val_data=f"{tmp}/val.bin", model=model, B=B, T=T,
+                             max_steps=warmup + steps, val_every=10 ** 9, val_max_steps=1, sample_every=0,
+                             gelu_fusion=gelu_fusion, recompute=recompute)
+        Trainer(config, get_backend("gpu"), out=lines.append).run()
         mem = device_used_mib()
-    step_ms = [float(m.group(1)) for m in map(re.compile(r"^step .*\| ([0-9.]+) ms \|").match, lines) if m]
-    losses = [float(m.group(1)) for m in map(re.compile(r"^step .*\| loss ([0-9.]+)").match, lines) if m]
-    return {"cfg": trainer.model_cfg, "family": trainer.family, "times": [ms / 1e3 for ms in step_ms[warmup:]],
-            "losses": losses, "mem_mib": mem}
+    return {"cfg": cfg, "family": family, "mem_mib": mem, **step_lines(lines, warmup)}
+
+
+def bench_llm_c(binary: str, model: str, B: int, T: int, warmup: int, steps: int, recompute: int,
+                gelu_fusion: int) -> dict:
+    """llm.c's train_gpt2cu (a binary the user built) on the same random tokens: the step times it prints,
+    and the device memory it reports once its optimizer state is allocated (cudaMemGetInfo, as llmc's)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        family, cfg = random_shards(tmp, model, B, T, warmup + steps)
+        if family.name != "gpt2":
+            raise SystemExit(f"llm.c's train_gpt2cu trains GPT-2 only, not {family.name}")
+        cmd = [binary, "-i", f"{tmp}/train.bin", "-j", f"{tmp}/val.bin", "-e", model, "-b", str(B), "-t", str(T),
+               "-x", str(warmup + steps), "-v", str(10 ** 6), "-m", "1", "-s", "0", "-r", str(recompute),
+               "-ge", str(gelu_fusion)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    lines = proc.stdout.splitlines()
+    mem = [float(m.group(1)) for m in map(re.compile(r"^device memory usage: (\d+) MiB").match, lines) if m]
+    return {"cfg": cfg, "family": family, "mem_mib": mem[-1] if mem else float("nan"), **step_lines(lines, warmup)}
 
 
 def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
@@ -187,6 +216,7 @@ def torch_llama3(cfg, params: np.ndarray, device: str):
 
 
 TORCH_REFERENCES = {"gpt2": torch_gpt2, "llama3": torch_llama3}
+SIDES = ("llmc", "torch", "llm.c")
 
 
 def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
@@ -219,16 +249,22 @@ def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
     return {"cfg": cfg, "family": family, "times": times[warmup:], "losses": losses, "mem_mib": (total - free) / 2 ** 20}
 
 
-def child(which: str, model: str, B: int, T: int, warmup: int, steps: int, profile: bool, gelu_fusion: int) -> None:
-    r = bench_llmc(model, B, T, warmup, steps, gelu_fusion) if which == "llmc" else bench_torch(model, B, T, warmup, steps)
+def child(args) -> None:
+    B, common = args.b[0], (args.e, args.b[0], args.t, args.warmup, args.steps)
+    if args.child == "llmc":
+        r = bench_llmc(*common, args.r, args.ge)
+    elif args.child == "llm.c":
+        r = bench_llm_c(args.llm_c, *common, args.r, args.ge)
+    else:
+        r = bench_torch(*common)
     dt = float(np.median(r["times"]))
-    tok_s = B * T / dt
+    tok_s = B * args.t / dt
     out = {"ms": dt * 1e3, "mean_ms": float(np.mean(r["times"])) * 1e3, "tok_s": tok_s,
-           "flops_per_s": tok_s * r["family"].flops_per_token(r["cfg"], T),
+           "flops_per_s": tok_s * r["family"].flops_per_token(r["cfg"], args.t),
            "mem_mib": r["mem_mib"], "first_loss": r["losses"][0], "last_loss": r["losses"][-1],
            "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3}
-    if profile and which == "llmc":
-        out["profile"] = profile_llmc(model, B, T)
+    if args.profile and args.child == "llmc":
+        out["profile"] = profile_llmc(args.e, B, args.t)
     print(json.dumps(out))
 
 
@@ -237,28 +273,36 @@ def main() -> None:
     ap.add_argument("-e", default="d12", help="model descriptor or .bin")
     ap.add_argument("-b", type=int, nargs="+", default=[16, 64], help="batch sizes")
     ap.add_argument("-t", type=int, default=1024)
+    ap.add_argument("-r", type=int, default=0, choices=[0, 1, 2],
+                    help="recompute, for llmc and llm.c (as their -r; the PyTorch reference recomputes nothing)")
     ap.add_argument("--warmup", type=int, default=50,
                     help="steps not timed: under a power cap the clock settles over the first ~1.2 s")
     ap.add_argument("--steps", type=int, default=50, help="measured steps (the median is printed)")
-    ap.add_argument("--only", choices=["llmc", "torch"], help="run one side only")
+    ap.add_argument("--llm-c", metavar="BINARY",
+                    help="an llm.c train_gpt2cu you built: it runs too, on the same tokens (GPT-2 only)")
+    ap.add_argument("--sides", nargs="+", choices=SIDES,
+                    help="which to run (default: llmc and torch, and llm.c with --llm-c)")
     ap.add_argument("--profile", action="store_true", help="llmc's per-primitive GPU time")
-    ap.add_argument("-ge", type=int, default=2, choices=[0, 1, 2], help="llmc's GELU fusion (as train-gpu -ge)")
-    ap.add_argument("--child", choices=["llmc", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("-ge", type=int, default=2, choices=[0, 1, 2], help="GELU fusion (as train-gpu -ge)")
+    ap.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.e, args.b[0], args.t, args.warmup, args.steps, args.profile, args.ge)
+        return child(args)
     import cupy as cp
     from llmc.core.mfu import promised_bf16_flops
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     promised = promised_bf16_flops(device)
-    sides = [args.only] if args.only else ["llmc", "torch"]
+    sides = args.sides or ["llmc", "torch"] + (["llm.c"] if args.llm_c else [])
+    if "llm.c" in sides and not args.llm_c:
+        ap.error("the llm.c side needs --llm-c BINARY")
     rows = []
     for B in args.b:
         results = {}
         for which in sides:
             cmd = [sys.executable, "-m", "tests.bench.bench_gpu", "--child", which, "-e", args.e, "-b", str(B),
-                   "-t", str(args.t), "--warmup", str(args.warmup), "--steps", str(args.steps), "-ge", str(args.ge)]
+                   "-t", str(args.t), "-r", str(args.r), "--warmup", str(args.warmup), "--steps", str(args.steps),
+                   "-ge", str(args.ge)] + (["--llm-c", args.llm_c] if args.llm_c else [])
             if args.profile:
                 cmd.append("--profile")
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -275,19 +319,21 @@ def main() -> None:
             for key, ms, n in r.get("profile", []):
                 print(f"      {ms:8.3f} ms  {n:4d}x  {key}")
         rows.append((B, results))
-    print(f"\n{args.e}, T={args.t}, no recompute, {device}; median of {args.steps} steps after {args.warmup}")
-    print("| B | llmc ms/step | llmc tok/s | llmc MFU | llmc mem GiB | torch ms/step | torch tok/s | torch MFU "
-          "| torch mem GiB | llmc/torch |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n{args.e}, T={args.t}, -r {args.r} (PyTorch: no recompute), {device}; "
+          f"median of {args.steps} steps after {args.warmup}")
+    others = [s for s in sides if s != "llmc"]
+    print("| B | " + " | ".join(f"{s} ms/step | {s} tok/s | {s} MFU | {s} mem GiB" for s in sides) + " | " +
+          " | ".join(f"llmc/{s}" for s in others) + " |")
+    print("|---" * (1 + 4 * len(sides) + len(others)) + "|")
     for B, res in rows:
         cells = []
-        for which in ("llmc", "torch"):
+        for which in sides:
             r = res.get(which)
             cells += ["-"] * 4 if r is None else [f"{r['ms']:.2f}", f"{r['tok_s']:.0f}", f"{100 * r['mfu']:.1f}%",
                                                   f"{r['mem_mib'] / 1024:.2f}"]
-        ratio = (f"{res['llmc']['tok_s'] / res['torch']['tok_s']:.2f}x"
-                 if res.get("llmc") and res.get("torch") else "-")
-        print(f"| {B} | " + " | ".join(cells) + f" | {ratio} |")
+        cells += [f"{res['llmc']['tok_s'] / res[s]['tok_s']:.2f}x" if res.get("llmc") and res.get(s) else "-"
+                  for s in others]
+        print(f"| {B} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 // narrower where C or the pointers are not 16-byte aligned, kernels/common.cuh). layernorm.cu without the mean.
 #include "common.cuh"
 
-// packs per lane held in registers through the row: a row of C <= 3 * 32 * PACK (768 at PACK 8) is read
-// from memory once; longer rows re-read their other packs (from L1/L2)
-#define RMS_CACHED 3
+// packs per lane held in registers through the row: a row of C <= 8 * 32 * PACK (2048 at PACK 8, Llama 3.2
+// 1B's) is read from memory once; longer rows re-read their other packs (from L1/L2)
+#define RMS_CACHED 8
 
 // out = inp * rstd * weight, rstd = 1 / sqrt(mean(inp^2) + eps), saved per row
 extern "C" __global__ void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* weight, int N, int C,
@@ -32,8 +32,9 @@ extern "C" __global__ void rmsnorm_forward(bf16* out, float* rstd, const bf16* i
     if (lane == 0) rstd[row] = s;
 }
 
-// blocks of 256 per SM the register budget allows (rmsnorm.py launches that many per SM)
-#define RMS_MIN_BLOCKS 2
+// blocks of 256 per SM the register budget allows (rmsnorm.py launches that many per SM): one, so that
+// the row's packs stay in registers (faster at C = 2048 than 3 cached packs and two blocks: PERF.md)
+#define RMS_MIN_BLOCKS 1
 
 // Backward, part 1. With norm = inp * rstd: dinp += rstd * (weight * dout - norm * mean(weight * dout * norm))
 // and dweight's partial sums of norm * dout. Each warp walks rows (stride: all warps of the grid) and
@@ -41,8 +42,9 @@ extern "C" __global__ void rmsnorm_forward(bf16* out, float* rstd, const bf16* i
 // pack at [k * packs + c / PACK]: no bank conflicts); the block sums its warps in order into
 // scratch[blockIdx.x] (C floats), part 2 the blocks in order. Deterministic throughout.
 extern "C" __global__ void __launch_bounds__(256, RMS_MIN_BLOCKS)
-rmsnorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp, const bf16* weight,
-                 const float* rstd, int N, int C) {
+rmsnorm_backward(bf16* __restrict__ dinp, float* __restrict__ scratch, const bf16* __restrict__ dout,
+                 const bf16* __restrict__ inp, const bf16* __restrict__ weight, const float* __restrict__ rstd, int N,
+                 int C) {
     extern __shared__ float acc[];  // (warps, C)
     int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
     float* dw = acc + (long)warp * C;
@@ -52,26 +54,27 @@ rmsnorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp, 
     for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
         long off = (long)row * C;
         float s = rstd[row];
-        pack_t graw[RMS_CACHED], xraw[RMS_CACHED];
+        pack_t graw[RMS_CACHED], xraw[RMS_CACHED], draw[RMS_CACHED];
 #pragma unroll
-        for (int i = 0; i < RMS_CACHED; i++) {  // every cached load of the row issued at once
+        for (int i = 0; i < RMS_CACHED; i++) {  // every cached load of the row issued at once, dinp's too
             int c = (i * WARP_SIZE + lane) * PACK;
             if (c < C) {
                 graw[i] = load_raw_cs(dout + off + c);
                 xraw[i] = load_raw_cs(inp + off + c);
+                draw[i] = load_raw(dinp + off + c);
             }
         }
-        auto each_pack = [&](auto f) {  // f(c, g, x) over the lane's packs of the row
+        auto each_pack = [&](auto f) {  // f(c, g, x, d) over the lane's packs of the row
 #pragma unroll
             for (int i = 0; i < RMS_CACHED; i++) {
                 int c = (i * WARP_SIZE + lane) * PACK;
-                if (c < C) f(c, graw[i], xraw[i]);
+                if (c < C) f(c, graw[i], xraw[i], draw[i]);
             }
             for (int c = (RMS_CACHED * WARP_SIZE + lane) * PACK; c < C; c += WARP_SIZE * PACK)
-                f(c, load_raw(dout + off + c), load_raw(inp + off + c));
+                f(c, load_raw(dout + off + c), load_raw(inp + off + c), load_raw(dinp + off + c));
         };
         float dnorm_norm_sum = 0.0f;
-        each_pack([&](int c, pack_t graw, pack_t xraw) {
+        each_pack([&](int c, pack_t graw, pack_t xraw, pack_t) {
             float g[PACK], x[PACK], w[PACK];
             unpack_bf16(g, graw);
             unpack_bf16(x, xraw);
@@ -84,12 +87,12 @@ rmsnorm_backward(bf16* dinp, float* scratch, const bf16* dout, const bf16* inp, 
             }
         });
         float dnorm_norm_mean = warp_sum(dnorm_norm_sum) / C;
-        each_pack([&](int c, pack_t graw, pack_t xraw) {
+        each_pack([&](int c, pack_t graw, pack_t xraw, pack_t draw) {
             float g[PACK], x[PACK], w[PACK], d[PACK];
             unpack_bf16(g, graw);
             unpack_bf16(x, xraw);
+            unpack_bf16(d, draw);
             load_bf16(w, weight + c);
-            load_bf16(d, dinp + off + c);
 #pragma unroll
             for (int k = 0; k < PACK; k++) d[k] += (w[k] * g[k] - x[k] * s * dnorm_norm_mean) * s;
             store_bf16(dinp + off + c, d);

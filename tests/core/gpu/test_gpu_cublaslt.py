@@ -76,3 +76,13 @@ def test_neighbours_are_new_valid_configurations(plans, rng):
     configs = {cublaslt._config(a) for a in neighbours}
     assert len(configs) == len(neighbours) and not heuristic & configs
     assert all(plan._valid(a) for a in neighbours)
+
+
+def test_first_run_note_until_something_is_tuned(plans, rng, tmp_path):
+    """A cache with nothing for this GPU: train-gpu's first step will tune, and the note says so and where
+    the results go; once a shape is tuned and kept, no note."""
+    note = gpu.first_run_note()
+    assert note and gpu.device_name() in note and str(tmp_path) in note
+    run, _ = _product(rng)
+    run()
+    assert gpu.first_run_note() is None
