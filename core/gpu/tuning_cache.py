@@ -63,4 +63,4 @@ def first_run_note() -> str | None:
     if _read_cache():
         return None
     return (f"first run on this {current().name}: the first step times cuBLASLt's algorithms for each GEMM shape "
-            f"and compiles llmc's kernels, once (~10 s for GPT-2 124M on an H200); later runs read {_cache_file()}")
+            f"and compiles llmc's kernels, once (~15 s for GPT-2 124M on an H200); later runs read {_cache_file()}")

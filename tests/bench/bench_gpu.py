@@ -1,4 +1,4 @@
-"""GPU benchmark (make bench-gpu): llmc's GPU trainer vs a PyTorch reference of the same model, same
+r"""GPU benchmark (make bench-gpu): llmc's GPU trainer vs a PyTorch reference of the same model, same
 command, same GPU.
 
 GPT-2 d12 (V=50257), T=1024, B=16 and B=64, no recompute, master weights, random tokens. llmc runs
@@ -15,6 +15,25 @@ llm.c's measure, CUDA context included) after the steps.
 `-e` takes any model llmc trains: `make bench-gpu-llama` runs Llama-3.2-1B's shape, whose reference is
 transformers' LlamaForCausalLM (SDPA, grouped key/value heads) holding the same weights, under the same
 torch.compile, bf16 autocast and fused AdamW (TORCH_REFERENCES: one reference per model family).
+
+`--llm-c BINARY` (make bench-gpu LLM_C=BINARY) runs llm.c's train_gpt2cu too, on the same random tokens with
+the same -b -t -r -ge, taking the step times it prints and its "device memory usage" line (cudaMemGetInfo
+once its optimizer state is allocated). llm.c is not part of llmc; build it yourself, e.g. on a CUDA 13
+machine with the pip wheels nvidia-cudnn-cu13 and nvidia-cudnn-frontend (headers in its include/):
+
+    git clone https://github.com/karpathy/llm.c && cd llm.c
+    mkdir -p cudnn-frontend && ln -s SITE/include cudnn-frontend/include   # cudnn_frontend.h's folder
+    ln -s SITE/nvidia/cudnn/lib/libcudnn.so.9 /some/lib/libcudnn.so         # llm.c links -lcudnn
+    ln -s "$(ldconfig -p | awk '/libnvidia-ml.so.1 /{print $NF; exit}')" /some/lib/libnvidia-ml.so
+    # CUDA 13 changed cudaMemAdvise: drop the managed-memory fallback's hint in llmc/cuda_utils.cuh
+    sed -i '/cudaMemAdvise(\*out, bytes, cudaMemAdviseSetPreferredLocation/d' llmc/cuda_utils.cuh
+    make train_gpt2cu USE_CUDNN=1 NO_MULTI_GPU=1 NO_USE_MPI=1 GPU_COMPUTE_CAPABILITY=90 \
+        NVCC_INCLUDES="-ISITE/include -ISITE/nvidia/cudnn/include" \
+        NVCC_LDFLAGS="-lcublas -lcublasLt -L/some/lib -lcudnn -lnvrtc -lcuda -lnvidia-ml"
+    export LD_LIBRARY_PATH=/some/lib:SITE/nvidia/cudnn/lib:$LD_LIBRARY_PATH
+
+(SITE: the site-packages folder holding those wheels; ~60 s on 16 cores. Checked on the H200 device,
+CUDA 13, llm.c master f1e2ace.)
 """
 
 import argparse
