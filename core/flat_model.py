@@ -178,7 +178,9 @@ class FlatModel:
 class KVCache:
     """Inference over positions 0..length-1 in fp32 (NumPy or CuPy arrays through xp), caching each
     layer's keys and values: each forward appends positions. A subclass computes the logits of new
-    positions in _logits, calling _attend for each layer's attention."""
+    positions in _logits, calling _attend for each layer's attention. The parameters may be narrower
+    than fp32 (the GPU trainer's bf16 ones, for its mid-run samples): w() widens one tensor or layer at a
+    time, so no fp32 copy of the whole model is ever made (1.5B parameters: 6 GB)."""
 
     def __init__(self, cfg: Any, params, shapes: dict[str, tuple[int, ...]], xp: ModuleType, length: int,
                  num_kv_heads: int, head_size: int):
@@ -193,6 +195,11 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+
+    def w(self, name: str, l: int | None = None):
+        """Parameter `name` (layer l's slice when given) in fp32; fp32 parameters are not copied."""
+        t = self.p[name] if l is None else self.p[name][l]
+        return t.astype(np.float32, copy=False)
 
     def forward(self, tokens: list[int]) -> np.ndarray:
         """Append len(tokens) positions; the host fp32 logits (V,) of the last one."""

@@ -177,18 +177,18 @@ class KVCacheModel(KVCache):
         return xp.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], axis=-1).reshape(x.shape)
 
     def _logits(self, idx, start: int):
-        xp, p, cfg = self.xp, self.p, self.cfg
+        xp, w, cfg = self.xp, self.w, self.cfg
         L, NH, NKV, HS, H, eps = (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_size, cfg.hidden_dim,
                                   cfg.norm_eps)
         n = len(idx)
-        x = p["wte"][idx]  # (n, C)
+        x = self.p["wte"][idx].astype(np.float32)  # (n, C)
         for l in range(L):
-            qkv = (_rmsnorm(xp, x, p["ln1w"][l], eps) @ p["qkvw"][l].T).reshape(n, NH + 2 * NKV, HS)
+            qkv = (_rmsnorm(xp, x, w("ln1w", l), eps) @ w("qkvw", l).T).reshape(n, NH + 2 * NKV, HS)
             qk = self._rope(qkv[:, :NH + NKV], start)
             q, k, v = qk[:, :NH], qk[:, NH:], qkv[:, NH + NKV:]
             y = self._attend(l, q.transpose(1, 0, 2), k.transpose(1, 0, 2), v.transpose(1, 0, 2), start)
-            x = x + y @ p["attprojw"][l].T
-            h = _rmsnorm(xp, x, p["ln2w"][l], eps) @ p["fcw"][l].T  # (n, 2H): c_fc's, then c_fc2's
-            x = x + (h[:, :H] * _silu(xp, h[:, H:])) @ p["fcprojw"][l].T
-        last = _rmsnorm(xp, x[-1], p["lnfw"], eps)  # only the last position's logits are needed
-        return p["wlmhead"] @ last  # (V,)
+            x = x + y @ w("attprojw", l).T
+            h = _rmsnorm(xp, x, w("ln2w", l), eps) @ w("fcw", l).T  # (n, 2H): c_fc's, then c_fc2's
+            x = x + (h[:, :H] * _silu(xp, h[:, H:])) @ w("fcprojw", l).T
+        last = _rmsnorm(xp, x[-1], w("lnfw"), eps)  # only the last position's logits are needed
+        return w("wlmhead") @ last  # (V,)

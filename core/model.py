@@ -139,15 +139,15 @@ class KVCacheModel(KVCache):
         super().__init__(cfg, params, param_shapes(cfg), xp, length, cfg.num_heads, cfg.channels // cfg.num_heads)
 
     def _logits(self, idx, start: int):
-        xp, p, cfg = self.xp, self.p, self.cfg
-        L, NH, C = cfg.num_layers, cfg.num_heads, cfg.channels
+        xp, p, w, cfg = self.xp, self.p, self.w, self.cfg
+        L, NH, C, f32 = cfg.num_layers, cfg.num_heads, cfg.channels, np.float32
         n = len(idx)
-        x = p["wte"][idx] + p["wpe"][start:start + n]  # (n, C)
+        x = p["wte"][idx].astype(f32, copy=False) + p["wpe"][start:start + n].astype(f32, copy=False)  # (n, C)
         for l in range(L):
-            qkv = _layernorm(xp, x, p["ln1w"][l], p["ln1b"][l]) @ p["qkvw"][l].T + p["qkvb"][l]  # (n, 3C)
+            qkv = _layernorm(xp, x, w("ln1w", l), w("ln1b", l)) @ w("qkvw", l).T + w("qkvb", l)  # (n, 3C)
             q, k, v = (qkv[:, i * C:(i + 1) * C].reshape(n, NH, -1).transpose(1, 0, 2) for i in range(3))  # (NH, n, HS)
-            x = x + self._attend(l, q, k, v, start) @ p["attprojw"][l].T + p["attprojb"][l]
-            h = _gelu(xp, _layernorm(xp, x, p["ln2w"][l], p["ln2b"][l]) @ p["fcw"][l].T + p["fcb"][l])  # (n, 4C)
-            x = x + h @ p["fcprojw"][l].T + p["fcprojb"][l]
-        last = _layernorm(xp, x[-1], p["lnfw"], p["lnfb"])  # only the last position's logits are needed
-        return p["wte"][: cfg.vocab_size] @ last  # (V,), tied weights
+            x = x + self._attend(l, q, k, v, start) @ w("attprojw", l).T + w("attprojb", l)
+            h = _gelu(xp, _layernorm(xp, x, w("ln2w", l), w("ln2b", l)) @ w("fcw", l).T + w("fcb", l))  # (n, 4C)
+            x = x + h @ w("fcprojw", l).T + w("fcprojb", l)
+        last = _layernorm(xp, x[-1], w("lnfw"), w("lnfb"))  # only the last position's logits are needed
+        return p["wte"][: cfg.vocab_size].astype(f32, copy=False) @ last  # (V,), tied weights

@@ -80,8 +80,9 @@ def generate(inference: type, cfg: Any, params, xp: ModuleType, prompt: list[int
 
 def sample_from_eot(inference: type, cfg: Any, params, xp: ModuleType, decoder: "Decoder", gen_tokens: int,
                     out: Callable[[str], None], stream: Callable[[str], None]) -> bool:
-    """llm.c's mid-run sample: genT - 1 tokens after <|endoftext|>, xorshift seeded 1337, streamed;
-    params in fp32. False (and why) where the model's vocab has no room for the tokenizer's EOT."""
+    """llm.c's mid-run sample: genT - 1 tokens after <|endoftext|>, xorshift seeded 1337, streamed,
+    computed in fp32 (params may be bf16). False (and why) where the model's vocab has no room for the
+    tokenizer's EOT."""
     eot = decoder.eot
     if eot >= cfg.vocab_size:
         out(f"no samples: {decoder.path or 'the GPT-2 tokenizer'}'s <|endoftext|> ({eot}) is outside the "

@@ -220,11 +220,9 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation and samples
     def sample(self) -> None:
         """llm.c's mid-run sample from <|endoftext|>; sampling stops for the run where it cannot start."""
-        backend, params = self.backend, self.model.params
-        if backend.act_dtype != np.float32:  # the sampler computes in fp32
-            params = backend.to_device(backend.to_host(params), np.float32)
-        if not sample_from_eot(self.family.KVCacheModel, self.model_cfg, params, backend.xp, self.decoder,
-                               self.cfg.gen_tokens, self.out, self.stream):
+        # the sampler computes in fp32 from the model's own (bf16 on the GPU) parameters, a layer at a time
+        if not sample_from_eot(self.family.KVCacheModel, self.model_cfg, self.model.params, self.backend.xp,
+                               self.decoder, self.cfg.gen_tokens, self.out, self.stream):
             self.sample_every = 0
 
     def describe(self) -> None:

@@ -327,3 +327,7 @@ def test_kv_cache_logits_equal_the_full_forward(case):
     drawn = [list(generate(KVCacheModel, cfg, params, np, tokens[:3], T - 2, XorShift(1337), kv_cache=kv))
              for kv in (True, False)]
     assert drawn[0] == drawn[1] and len(drawn[0]) == T - 2
+    # from narrower parameters (the GPU trainer's bf16; float16 here), widened a layer at a time
+    narrow = params.astype(np.float16)
+    np.testing.assert_array_equal(KVCacheModel(cfg, narrow, np, T).forward(tokens),
+                                  KVCacheModel(cfg, narrow.astype(np.float32), np, T).forward(tokens))

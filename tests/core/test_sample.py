@@ -45,6 +45,16 @@ def test_kv_cache_logits_match_full_forward(params):
         chunks.forward([0])
 
 
+def test_narrow_parameters_are_widened_exactly(params):
+    """The GPU trainer samples from its bf16 parameters: the cache widens them a layer at a time to the same
+    fp32 values a whole fp32 copy would hold (NumPy's float16 stands in for bf16 here)."""
+    narrow = params.astype(np.float16)
+    tokens = [3, 50, 7, 99, 12]
+    want = KVCacheModel(CFG, narrow.astype(np.float32), np, len(tokens)).forward(tokens)
+    got = KVCacheModel(CFG, narrow, np, len(tokens)).forward(tokens)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
 def test_generated_tokens_match_full_forward_sampling(params):
     prompt, n = [5, 17, 99], 25
     tokens = list(generate(KVCacheModel, CFG, params, np, prompt, n, XorShift(7)))

@@ -134,7 +134,7 @@ def freqs(maxT: int, HS: int, theta: float = 500000.0) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- each op
 
-@pytest.mark.parametrize("C", [20, 27, 768, 1030])  # 1030: channels past the packs held in registers
+@pytest.mark.parametrize("C", [20, 27, 768, 1030, 2056])  # 1030 (2-wide packs), 2056: channels past those held in registers
 @pytest.mark.parametrize("offset", [0, 1])
 def test_rmsnorm(rng, C, offset):
     B, T = 3, 19
