@@ -74,6 +74,8 @@ LLMC_SWITCHES = [
 LLMC_OPTIONS = [
     ("--wandb-project", "wandb_project", str, "also log to this Weights & Biases project (needs wandb; "
      "WANDB_MODE=offline works offline)"),
+    ("--rank-timeout", "rank_timeout", float, "with several processes: a rank whose step has not completed in "
+     "this many seconds stops with one line (another rank died or hangs; evaluations and checkpoints get longer)"),
 ]
 
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}

@@ -13,6 +13,8 @@ another order than llm.c's: resume such runs with llmc and the same N.
 
 import os
 import socket
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +173,7 @@ class Group(Protocol):
     def all_reduce_sum(self, buf) -> None: ...
     def barrier(self) -> None: ...
     def host_reduce(self, values: list[float], op: str = "sum") -> list[float]: ...
+    def abort(self, reason: str) -> None: ...
 
 
 class SingleProcess:
@@ -185,6 +188,9 @@ class SingleProcess:
 
     def host_reduce(self, values: list[float], op: str = "sum") -> list[float]:
         return list(values)
+
+    def abort(self, reason: str) -> None:
+        raise LlmcError(reason)  # one process never waits for another; nothing watches it
 
 
 class ProcessGroup:
@@ -236,6 +242,42 @@ class ProcessGroup:
 
     def barrier(self) -> None:
         self.host_reduce([0.0])
+
+    def abort(self, reason: str) -> None:
+        """One line and exit 1 now, from any thread: the main thread may be waiting in a collective for a
+        rank that is gone, which nothing else ends (the process's exit frees the GPU and its NCCL kernels)."""
+        print(f"Error: {reason}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+class Watchdog:
+    """Ends this rank, through group.abort, when its steps stop completing: a rank that died or hangs leaves
+    the others waiting in NCCL's collectives forever (NCCL has no timeout of its own). A thread watches a
+    deadline that the loop moves on at each completed step, and further around work that may take long on
+    one rank while the others wait (the first steps' compiling and tuning, evaluations, checkpoints)."""
+
+    def __init__(self, group: Group, seconds: float, first: float):
+        self.group, self.seconds = group, seconds
+        self.allowed, self.deadline = first, time.monotonic() + first
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="llmc-watchdog", daemon=True)
+        self.thread.start()
+
+    def kick(self, seconds: float | None = None) -> None:
+        """The ranks made progress: the next must come within seconds (default: the watchdog's)."""
+        self.allowed = self.seconds if seconds is None else seconds
+        self.deadline = time.monotonic() + self.allowed
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(min(1.0, self.seconds / 4)):
+            if time.monotonic() > self.deadline:
+                self.group.abort(f"rank {self.group.rank}: no step completed in {self.allowed:.0f} s: another rank "
+                                 f"died or hangs (--rank-timeout)")
+                return
 
 
 def init(num_processes: int, rank: int, gpus_per_node: int, method: str, server_ip: str | None,

@@ -31,7 +31,7 @@ import numpy as np
 
 from llmc.core import checkpoint, families, report
 from llmc.core.dataloader import DataLoader
-from llmc.core.distributed import Group, SingleProcess
+from llmc.core.distributed import Group, SingleProcess, Watchdog
 from llmc.core.errors import LlmcError
 from llmc.core.evaluate import evaluate, load_hellaswag
 from llmc.core.metrics import RunLog
@@ -41,6 +41,11 @@ from llmc.core.rundir import RunDir
 from llmc.core.sample import load_decoder, sample_from_eot
 from llmc.core.schedules import learning_rate
 from llmc.core.train_config import TrainConfig
+
+
+# seconds the ranks may go without a completed step through work that can take long on one rank while
+# the others wait: the first steps (compiling, tuning), evaluations, samples and checkpoints
+SLOW_WORK_SECONDS = 1800.0
 
 
 @dataclass
@@ -122,6 +127,7 @@ class Trainer:
         self.sample_every = cfg.sample_every if self.main else 0  # 0 once sampling turns out impossible
         self.decoder = load_decoder() if self.sample_every > 0 else None  # a bad tokenizer stops the start, not the run
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
+        self.watchdog: Watchdog | None = None  # with several ranks, while the loop runs
         self.train_step = backend.graph(self._forward_backward)
         self.step_losses = backend.xp.zeros((self.grad_accum, cfg.B, cfg.T), dtype=np.float32)
         flops_per_step = self.family.flops_per_token(model_cfg, cfg.T) * total // self.group.world  # one process's
@@ -330,11 +336,16 @@ class Trainer:
         note = self.backend.first_run_note()
         if note and self.main:
             self.out(note)
+        # several ranks: one whose steps stop completing (another rank died) stops instead of waiting forever
+        self.watchdog = (Watchdog(self.group, self.cfg.rank_timeout, first=SLOW_WORK_SECONDS)
+                         if self.group.world > 1 else None)
         try:
             with self._stop_on_signals(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 self._loop()
             self.summarize()
         finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
             self.run_log.close()
             if self.run_dir is not None:
                 self.run_dir.release()
@@ -365,6 +376,7 @@ class Trainer:
                          f"continue with -y 1 -o {c.output_dir}")
                 return
             if jobs or self.timer.since is None:
+                self._kick_watchdog(SLOW_WORK_SECONDS)
                 for job in jobs:
                     job()
                 self.backend.synchronize()  # time the next step from here, not from before the evaluations
@@ -390,12 +402,17 @@ class Trainer:
         """Finish a queued step and print its line: the step ends at its read-back."""
         loss, zloss, norm, zgrad, lr = self.finish_step(queued)
         dt, tps, mfu = self.timer.lap()
+        self._kick_watchdog(max(self.cfg.rank_timeout, 10 * dt))  # a slow step's successor gets its time
         eta = self.timer.eta(self.num_steps - queued.step - 1, dt)
         mfu_column = "" if mfu is None else f"{100 * mfu:.1f}% bf16 MFU | "
         self.out(f"step {queued.step + 1:4d}/{self.num_steps} | loss {loss:7.6f} ({zloss:+.2f}z)| "
                  f"norm {norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu_column}{tps:.0f} tok/s | "
                  f"ETA {report.duration(eta)}")
         self.run_log.train_step(queued.step, loss, lr, norm, dt, self.total_batch / dt, mfu)
+
+    def _kick_watchdog(self, seconds: float) -> None:
+        if self.watchdog is not None:
+            self.watchdog.kick(seconds)
 
     def summarize(self) -> None:
         c = self.cfg

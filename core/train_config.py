@@ -45,6 +45,7 @@ class TrainConfig:
     overwrite: bool = False  # --overwrite: a new run may replace the run in -o
     tensorboard: bool = False  # --tensorboard: TensorBoard event files in -o/tensorboard
     wandb_project: str | None = None  # --wandb-project: log to this Weights & Biases project
+    rank_timeout: float = 30.0  # --rank-timeout: seconds a rank waits for a step of the others before it stops
 
     def validate(self) -> None:
         """Refuse flags that cannot make a run, before anything is read or written."""
@@ -53,6 +54,8 @@ class TrainConfig:
         for flag, value in finite.items():
             if not math.isfinite(value) or value < 0:
                 raise LlmcError(f"{flag} takes a finite number >= 0, not {value}")
+        if not (math.isfinite(self.rank_timeout) and self.rank_timeout > 0):
+            raise LlmcError(f"--rank-timeout takes a number of seconds > 0, not {self.rank_timeout}")
         if self.zero_stage not in (0, 1):
             raise LlmcError("-z takes 0 or 1 (ZeRO-1)")
         if self.B < 1 or self.T < 1:

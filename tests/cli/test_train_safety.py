@@ -115,6 +115,8 @@ def test_bad_inputs(data, tmp_path):
         (["-x", 0], "-x takes a number of steps >= 1 (or -1: one epoch of -i), not 0"),
         (["-x", -3], "-x takes a number of steps >= 1 (or -1: one epoch of -i), not -3"),
         (["-v", -1], "-v takes a number of steps >= 0 (0 = no validation)"),
+        (["--rank-timeout", 0], "--rank-timeout takes a number of seconds > 0, not 0.0"),
+        (["--rank-timeout", "nan"], "--rank-timeout takes a number of seconds > 0, not nan"),
         (["-o", tmp_path / "o", "-y", 1, "--overwrite"], "give one of them"),
         (["-e", "d4:c10:h3"], "channels 10 not divisible by heads 3"),
         (["-e", "d4:c16"], "unsupported model descriptor 'd4:c16'"),

@@ -3,8 +3,10 @@ files, the ncclUniqueId exchange between local processes, and the whole Trainer 
 over an in-memory process group on the CPU backend) against one process with the same total batch."""
 
 import multiprocessing
+import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +202,11 @@ class ThreadGroup(SingleProcess):
     def barrier(self) -> None:
         self.shared["barrier"].wait()
 
+    def abort(self, reason: str) -> None:
+        """ProcessGroup's exit with one line: the reason kept, and every wait in a collective broken."""
+        self.shared.setdefault("aborts", []).append((self.rank, reason, time.monotonic()))
+        self.shared["barrier"].abort()
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
@@ -277,6 +284,51 @@ def test_every_rank_stops_when_rank_0_cannot_take_the_output_dir(data, tmp_path)
     assert sorted(p.name for p in out.iterdir()) == [".llmc.lock"]  # nothing written by the refused ranks
     run_ranks([config(data, num_processes=2, process_rank=r, output_dir=str(out)) for r in range(2)])
     assert (out / "main.log").exists()  # free again once the holder is gone
+
+
+class Vanished(Exception):
+    pass
+
+
+class Vanishing(ThreadGroup):
+    """A rank whose process dies at its third step: it never arrives at that step's first collective."""
+
+    def __init__(self, rank: int, world: int, shared: dict):
+        super().__init__(rank, world, shared)
+        self.calls = 0
+
+    def host_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        self.calls += 1
+        if self.calls == 3:
+            raise Vanished
+        return super().host_reduce(values, op)
+
+
+def test_a_rank_that_vanishes_stops_the_other_within_its_timeout(data):
+    shared = {"slots": [None, None], "barrier": threading.Barrier(2, timeout=120)}
+    groups = [ThreadGroup(0, 2, shared), Vanishing(1, 2, shared)]
+    outcome = {}
+
+    def rank(r: int) -> None:
+        cfg = config(data, num_processes=2, process_rank=r, max_steps=8, val_every=0, rank_timeout=1.0)
+        try:
+            Trainer(cfg, cpu, out=lambda line: None, stream=lambda text: None, group=groups[r]).run()
+            outcome[r] = "finished"
+        except BaseException as e:  # noqa: BLE001 - examined below
+            outcome[r] = e
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert isinstance(outcome[1], Vanished)
+    assert isinstance(outcome[0], threading.BrokenBarrierError)  # rank 0 was let out of its wait by the abort
+    (who, reason, when), = shared["aborts"]
+    assert who == 0 and re.fullmatch(r"rank 0: no step completed in 1 s: another rank died or hangs "
+                                     r"\(--rank-timeout\)", reason)
+    assert when - start < 20  # not the barrier's own 120 s
 
 
 def test_two_ranks_checkpoint_and_resume(data, tmp_path):
