@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.core.errors import LlmcError
-from llmc.core.formats import read_shard
+from llmc.core.formats import SHARD_FORMATS, read_shard
 from llmc.core.rand import MT19937
 
 
@@ -37,6 +37,8 @@ class DataLoader:
             dtypes.add(tokens.dtype)
         if len(dtypes) > 1:  # one model's tokens: gpt-2's and llama-3's ids mean different things
             raise LlmcError(f"{pattern}: mixes gpt-2 (uint16) and llama-3 (uint32) token shards")
+        dtype = dtypes.pop()
+        self.token_kind = next(kind for kind, (_, _, dt) in SHARD_FORMATS.items() if np.dtype(dt) == dtype)
         if shuffle:
             self.rng = MT19937(42 + rank)
             self.shard_order = np.arange(len(self.files))

@@ -112,6 +112,13 @@ class Trainer:
         self.train_loader = DataLoader(train_pattern, cfg.B, cfg.T, cfg.process_rank, cfg.num_processes,
                                        shuffle=not cfg.overfit_single_batch)
         self.val_loader = DataLoader(cfg.val_data, cfg.B, cfg.T, cfg.process_rank, cfg.num_processes, shuffle=False)
+        tokens = self.train_loader.token_kind  # gpt-2 or llama-3: the same ids are other tokens in each
+        if self.val_loader.token_kind != tokens:
+            raise LlmcError(f"-i holds {tokens} token shards and -j {self.val_loader.token_kind} ones: "
+                            "the same ids are other tokens in each")
+        if cfg.hellaswag and tokens != "gpt-2":
+            raise LlmcError(f"-h 1: HellaSwag's eval file holds GPT-2 tokens (llm.c writes none for Llama 3's "
+                            f"tokenizer), and -i holds {tokens} token shards")
         self.num_steps = cfg.max_steps if cfg.max_steps != -1 else self.train_loader.num_tokens // total
         self.val_steps = cfg.val_max_steps if cfg.val_max_steps != -1 else self.val_loader.num_tokens // tokens_per_fwdbwd
         if self.num_steps <= 0:
@@ -125,6 +132,10 @@ class Trainer:
         self.hellaswag = (load_hellaswag(cfg.hellaswag_path, cfg.B, cfg.T, model_cfg.vocab_size, self.out)
                           if self.main and cfg.hellaswag else None)
         self.sample_every = cfg.sample_every if self.main else 0  # 0 once sampling turns out impossible
+        if self.sample_every > 0 and tokens != "gpt-2":
+            self.out(f"no samples: -i holds {tokens} token shards and mid-run samples decode GPT-2's tokens only "
+                     "(train_llama3.cu leaves its tokenizer a TODO too)")
+            self.sample_every = 0
         self.decoder = load_decoder() if self.sample_every > 0 else None  # a bad tokenizer stops the start, not the run
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.watchdog: Watchdog | None = None  # with several ranks, while the loop runs

@@ -133,6 +133,22 @@ def test_bad_inputs(data, tmp_path):
             assert_one_line_error(result, fragment)
 
 
+def test_llama3_token_shards_are_not_mixed_with_gpt2_ones(data, tmp_path):
+    """llama-3 shards (uint32) hold other tokens than gpt-2 ones and HellaSwag's eval file (GPT-2 tokens only,
+    as llm.c writes it): mixing them is refused in one line; mid-run samples, which decode GPT-2's tokens,
+    are skipped with a note."""
+    rng = np.random.default_rng(5)
+    write_shard(tmp_path / "llama_train.bin", rng.integers(0, CFG.vocab_size, 700), "llama-3")
+    write_shard(tmp_path / "llama_val.bin", rng.integers(0, CFG.vocab_size, 600), "llama-3")
+    llama = ["-i", str(tmp_path / "llama_train.bin"), "-j", str(tmp_path / "llama_val.bin")]
+    assert_one_line_error(train(*args(data, None, "-x", 2, "-i", str(tmp_path / "llama_train.bin"))),
+                          "-i holds llama-3 token shards and -j gpt-2 ones")
+    assert_one_line_error(train(*args(data, None, "-x", 2, *llama, "-h", "1")), "-h 1: HellaSwag's eval file holds GPT-2")
+    result = train(*args(data, None, "-x", 2, *llama, "-s", "1"))
+    assert result.exit_code == 0, result.output
+    assert "no samples: -i holds llama-3 token shards" in result.stdout and "generating:" not in result.stdout
+
+
 def test_failed_start_leaves_output_untouched(data, tmp_path):
     out = tmp_path / "out"
     assert train(*args(data, out, "-x", 4, "-n", 2)).exit_code == 0
