@@ -74,6 +74,9 @@ LLMC_SWITCHES = [
 LLMC_OPTIONS = [
     ("--wandb-project", "wandb_project", str, "also log to this Weights & Biases project (needs wandb; "
      "WANDB_MODE=offline works offline)"),
+    ("--tokenizer", "tokenizer", str, "what mid-run samples decode with: llm.c's gpt2_tokenizer.bin (the default "
+     "when in the cwd, else GPT-2's BPE), or the Llama 3 tokenizer llama-3 shards were made with (a Hugging Face "
+     "folder or Meta's tokenizer.model)"),
     ("--rank-timeout", "rank_timeout", float, "with several processes: a rank whose step has not completed in "
      "this many seconds stops with one line (another rank died or hangs; evaluations and checkpoints get longer)"),
 ]

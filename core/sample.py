@@ -104,9 +104,11 @@ def sample_from_eot(inference: type, cfg: Any, params, xp: ModuleType, decoder: 
 class Decoder:
     """Token ids to text as they stream; a character whose UTF-8 bytes span tokens comes out whole."""
 
-    def __init__(self, token_bytes: Callable[[int], bytes], eot: int, path: str | None = None):
+    def __init__(self, token_bytes: Callable[[int], bytes], eot: int, path: str | None = None,
+                 encode: Callable[[str], list[int]] | None = None):
         self.token_bytes, self.eot = token_bytes, eot
         self.path = path  # the tokenizer file, for messages; None for the built-in GPT-2 BPE
+        self.encode = encode or encode_prompt  # a prompt's ids (GPT-2 BPE unless the tokenizer is Llama 3's)
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, token: int) -> str:
@@ -117,9 +119,17 @@ class Decoder:
 
 
 def load_decoder(path: str | Path | None = None) -> Decoder:
-    """llm.c's tokenizer file (given, or gpt2_tokenizer.bin in the cwd), else GPT-2's BPE from tiktoken."""
+    """llm.c's tokenizer file (given, or gpt2_tokenizer.bin in the cwd), a Llama 3 tokenizer (given: a Hugging
+    Face folder or Meta's tokenizer.model, as `prepro -m llama-3` takes; its BOS, which llm.c puts before every
+    document, is the end-of-text id), else GPT-2's BPE from tiktoken."""
     if path is None and Path(LLMC_TOKENIZER).is_file():
         path = LLMC_TOKENIZER
+    if path is not None and not Path(path).exists():
+        raise LlmcError(f"{path}: no such tokenizer file or folder")
+    if path is not None and not _is_llmc_tokenizer(Path(path)):
+        from llmc.data import llama3_tokenizer
+        tok = llama3_tokenizer.load(Path(path))
+        return Decoder(tok.token_bytes, tok.bos, str(path), lambda text: [int(t) for t in tok.encode(text)])
     if path is not None:
         from llmc.core.formats import read_tokenizer
         table, eot = read_tokenizer(path)
@@ -135,6 +145,15 @@ def load_decoder(path: str | Path | None = None) -> Decoder:
         except KeyError:  # a padded-vocab id no tokenizer knows
             return f"<|{t}|>".encode()
     return Decoder(token_bytes, EOT)
+
+
+def _is_llmc_tokenizer(path: Path) -> bool:
+    """An llm.c tokenizer file starts with its magic (a Llama 3 tokenizer is a folder or a text file)."""
+    from llmc.core.formats import TOKENIZER_MAGIC
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == TOKENIZER_MAGIC.to_bytes(4, "little")
 
 
 def encode_prompt(text: str) -> list[int]:

@@ -132,11 +132,12 @@ class Trainer:
         self.hellaswag = (load_hellaswag(cfg.hellaswag_path, cfg.B, cfg.T, model_cfg.vocab_size, self.out)
                           if self.main and cfg.hellaswag else None)
         self.sample_every = cfg.sample_every if self.main else 0  # 0 once sampling turns out impossible
-        if self.sample_every > 0 and tokens != "gpt-2":
-            self.out(f"no samples: -i holds {tokens} token shards and mid-run samples decode GPT-2's tokens only "
-                     "(train_llama3.cu leaves its tokenizer a TODO too)")
+        if self.sample_every > 0 and tokens != "gpt-2" and cfg.tokenizer is None:
+            self.out(f"no samples: -i holds {tokens} token shards; give --tokenizer, the one they were made with, "
+                     "to decode samples (train_llama3.cu leaves its tokenizer a TODO)")
             self.sample_every = 0
-        self.decoder = load_decoder() if self.sample_every > 0 else None  # a bad tokenizer stops the start, not the run
+        # a bad tokenizer stops the start, not the run
+        self.decoder = load_decoder(cfg.tokenizer) if self.sample_every > 0 else None
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.watchdog: Watchdog | None = None  # with several ranks, while the loop runs
         self.train_step = backend.graph(self._forward_backward)

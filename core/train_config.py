@@ -45,6 +45,7 @@ class TrainConfig:
     overwrite: bool = False  # --overwrite: a new run may replace the run in -o
     tensorboard: bool = False  # --tensorboard: TensorBoard event files in -o/tensorboard
     wandb_project: str | None = None  # --wandb-project: log to this Weights & Biases project
+    tokenizer: str | None = None  # --tokenizer: what mid-run samples decode with (default: GPT-2's)
     rank_timeout: float = 30.0  # --rank-timeout: seconds a rank waits for a step of the others before it stops
 
     def validate(self) -> None:

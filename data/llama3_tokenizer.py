@@ -1,4 +1,5 @@
-"""Llama 3's tokenizer for `llmc prepro -m llama-3`, loaded from a path the user gives (never downloaded).
+"""Llama 3's tokenizer for `llmc prepro -m llama-3` (and for decoding what a Llama trained on those shards
+samples), loaded from a path the user gives (never downloaded).
 
 Either a Hugging Face tokenizer folder (tokenizer.json, ...: what llm.c's llama3 dev/data scripts load
 as meta-llama/Meta-Llama-3.1-8B), read by transformers' AutoTokenizer or else the tokenizers library,
@@ -32,6 +33,34 @@ HINT = "--tokenizer takes a Hugging Face tokenizer folder or Meta's tokenizer.mo
 class Llama3Tokenizer:
     bos: int  # tokenizer.encode('')[0]: llm.c puts it before every document
     encode: Callable[[str], np.ndarray]  # text -> uint32 ids, special-token text as text, no BOS
+    token_bytes: Callable[[int], bytes]  # an id's bytes (a special token's text), for decoding as tokens stream
+
+
+def _unknown(token: int) -> bytes:
+    return f"<|{token}|>".encode()
+
+
+@functools.cache
+def _byte_level_bytes() -> dict[str, int]:
+    """Byte-level BPE's alphabet (Hugging Face's ByteLevel, GPT-2's and Llama 3's tokenizer.json) inverted:
+    the printable bytes stand for themselves, the other bytes for the characters from U+0100 on, in order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    others = iter(range(256, 512))
+    return {chr(b if b in printable else next(others)): b for b in range(256)}
+
+
+def byte_level_token_bytes(token_text: Callable[[int], str | None]) -> Callable[[int], bytes]:
+    """An id's bytes from its byte-level token string; a special token's own text; unknown ids shown as <|id|>."""
+    alphabet = _byte_level_bytes()
+
+    def token_bytes(token: int) -> bytes:
+        text = token_text(token)
+        if text is None:
+            return _unknown(token)
+        if all(ch in alphabet for ch in text):
+            return bytes(alphabet[ch] for ch in text)
+        return text.encode()  # an added token (<|begin_of_text|>, ...): not byte-level encoded
+    return token_bytes
 
 
 def repaired(text: str) -> str:
@@ -40,8 +69,9 @@ def repaired(text: str) -> str:
 
 
 def hf_tokenizer(path: Path, encode: Callable[[str], list[int]], encode_with_bos: Callable[[str], list[int]],
-                 ) -> Llama3Tokenizer:
-    """llm.c's use of a Hugging Face tokenizer: `encode` for documents, encode_with_bos('')[0] between them."""
+                 token_text: Callable[[int], str | None]) -> Llama3Tokenizer:
+    """llm.c's use of a Hugging Face tokenizer: `encode` for documents, encode_with_bos('')[0] between them;
+    token_text(id) the token's byte-level string."""
     bos = encode_with_bos("")
     if not bos:
         raise LlmcError(f"{path}: the tokenizer adds no BOS token (encode('') is empty), which llm.c puts before "
@@ -54,7 +84,7 @@ def hf_tokenizer(path: Path, encode: Callable[[str], list[int]], encode_with_bos
             ids = encode(repaired(text))
         return np.asarray(ids, dtype=np.uint32)
 
-    return Llama3Tokenizer(bos[0], encode_ids)
+    return Llama3Tokenizer(bos[0], encode_ids, byte_level_token_bytes(token_text))
 
 
 def hf_folder(path: Path) -> Llama3Tokenizer:
@@ -71,7 +101,8 @@ def hf_folder(path: Path) -> Llama3Tokenizer:
     except Exception as e:  # missing or malformed files: transformers raises many kinds
         raise LlmcError(f"{path}: not a Hugging Face tokenizer folder ({_first_line(e)}); {HINT}") from None
     return hf_tokenizer(path, lambda text: tok.encode(text, add_special_tokens=False, verbose=False,
-                                                      split_special_tokens=True), tok.encode)
+                                                      split_special_tokens=True), tok.encode,
+                        lambda token: tok.convert_ids_to_tokens(token) if token >= 0 else None)
 
 
 def tokenizers_folder(path: Path) -> Llama3Tokenizer:
@@ -86,7 +117,7 @@ def tokenizers_folder(path: Path) -> Llama3Tokenizer:
         raise LlmcError(f"{path / 'tokenizer.json'}: not a Hugging Face tokenizer ({_first_line(e)})") from None
     tok.encode_special_tokens = True  # transformers' split_special_tokens=True
     return hf_tokenizer(path, lambda text: tok.encode(text, add_special_tokens=False).ids,
-                        lambda text: tok.encode(text).ids)
+                        lambda text: tok.encode(text).ids, lambda token: tok.id_to_token(token) if token >= 0 else None)
 
 
 def read_ranks(path: Path) -> dict[bytes, int]:
@@ -120,7 +151,13 @@ def tiktoken_model(path: Path) -> Llama3Tokenizer:
         except UnicodeEncodeError:
             return np.asarray(enc.encode_ordinary(text), dtype=np.uint32)
 
-    return Llama3Tokenizer(special["<|begin_of_text|>"], encode)
+    def token_bytes(token: int) -> bytes:
+        try:
+            return enc.decode_single_token_bytes(token)
+        except KeyError:
+            return _unknown(token)
+
+    return Llama3Tokenizer(special["<|begin_of_text|>"], encode, token_bytes)
 
 
 @functools.cache

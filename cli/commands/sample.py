@@ -9,15 +9,18 @@ import click
 @click.command("sample")
 @click.option("-e", "model", default="gpt2_124M.bin", show_default=True,
               help="model: a .bin checkpoint (llm.c format), or d6|d12|... for a random init")
-@click.option("--prompt", default="", help="text to continue (GPT-2 BPE); generation starts after <|endoftext|>")
+@click.option("--prompt", default="", help="text to continue (in the tokenizer's tokens); generation starts after "
+              "<|endoftext|> (a Llama 3 tokenizer's BOS)")
 @click.option("-g", "tokens", type=int, default=256, show_default=True, help="tokens to generate at most")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="softmax temperature (0 = greedy)")
 @click.option("--top-k", type=int, default=0, show_default=True, help="sample from the k likeliest tokens (0 = all)")
 @click.option("--seed", type=int, default=1337, show_default=True, help="xorshift sampler seed (llm.c's is 1337)")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="where to run: the NumPy backend, or CuPy (the same code)")
-@click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
-              help="llm.c's gpt2_tokenizer.bin for decoding [default: it if in the cwd, else GPT-2's BPE]")
+@click.option("--tokenizer", type=click.Path(), default=None,
+              help="llm.c's gpt2_tokenizer.bin, or a Llama 3 tokenizer (a Hugging Face folder or Meta's "
+                   "tokenizer.model, as prepro -m llama-3 takes) [default: gpt2_tokenizer.bin if in the cwd, "
+                   "else GPT-2's BPE]")
 @click.option("--kv-cache/--no-kv-cache", default=True, show_default=True,
               help="--no-kv-cache re-runs the whole prefix for every token (llm.c's way; for comparison)")
 @click.option("--stop-at-eot/--no-stop-at-eot", default=True, show_default=True,
@@ -36,7 +39,7 @@ def command(model: str, prompt: str, tokens: int, temperature: float, top_k: int
     from llmc.core.errors import LlmcError
     from llmc.core import families
     from llmc.core.rand import XorShift
-    from llmc.core.sample import encode_prompt, generate, load_decoder, max_new_tokens
+    from llmc.core.sample import generate, load_decoder, max_new_tokens
 
     if not math.isfinite(temperature):
         raise LlmcError(f"--temperature must be a finite number >= 0, not {temperature}")
@@ -57,7 +60,7 @@ def command(model: str, prompt: str, tokens: int, temperature: float, top_k: int
                             f"the model's vocab of {cfg.vocab_size}")
         raise LlmcError(f"{model}: the model's vocab of {cfg.vocab_size} has no <|endoftext|> ({decoder.eot}) "
                         f"to start from")
-    context = [decoder.eot, *encode_prompt(prompt)]
+    context = [decoder.eot, *decoder.encode(prompt)]
     limit = max_new_tokens(cfg, len(context))
     if limit < 1:
         raise LlmcError(f"the prompt is {len(context) - 1} tokens; the model's max_seq_len is {cfg.max_seq_len}")

@@ -67,7 +67,7 @@ def test_sample_streams_reproducibly(model):
     (["--temperature", "nan"], "--temperature must be a finite number >= 0, not nan"),
     (["--temperature", "inf"], "--temperature must be a finite number >= 0, not inf"),
     (["--prompt", "word " * 30], "max_seq_len is 24"),
-    (["--tokenizer", "missing.bin"], "No such file"),
+    (["--tokenizer", "missing.bin"], "missing.bin: no such tokenizer file or folder"),
 ])
 def test_sample_bad_input(model, argv, fragment):
     assert one_line_error(invoke("sample", "-e", model, *argv), fragment)

@@ -146,7 +146,8 @@ def test_llama3_token_shards_are_not_mixed_with_gpt2_ones(data, tmp_path):
     assert_one_line_error(train(*args(data, None, "-x", 2, *llama, "-h", "1")), "-h 1: HellaSwag's eval file holds GPT-2")
     result = train(*args(data, None, "-x", 2, *llama, "-s", "1"))
     assert result.exit_code == 0, result.output
-    assert "no samples: -i holds llama-3 token shards" in result.stdout and "generating:" not in result.stdout
+    assert "no samples: -i holds llama-3 token shards; give --tokenizer" in result.stdout
+    assert "generating:" not in result.stdout
 
 
 def test_failed_start_leaves_output_untouched(data, tmp_path):

@@ -253,3 +253,59 @@ def test_bad_tokenizer_path(tmp_path, name, content, message, fresh_load):
 def test_refused_in_one_line(tmp_path, args, message):
     assert message in one_error_line(run_prepro(*args, "-o", str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_llama3_tokenizer_decodes_what_it_encodes(tokenizer, fresh_load):
+    """`llmc sample --tokenizer` and train's mid-run samples with a Llama 3 tokenizer: prompts are its tokens,
+    generation starts after (and stops at) its BOS, and ids stream back to the text, characters whose UTF-8
+    bytes span tokens whole."""
+    from llmc.core.sample import load_decoder
+
+    path, ref = tokenizer
+    decoder = load_decoder(path)
+    text = "the and thing — ünïcode ✓\n\nof " + SPECIAL_TEXT
+    ids = decoder.encode(text)
+    assert ids == list(ref.encode_ordinary(text)) and decoder.eot == ref.bos
+    assert "".join(decoder(t) for t in ids) + decoder.flush() == text
+    assert decoder(ref.bos) == "<|begin_of_text|>"
+    assert decoder(10 ** 7) == f"<|{10 ** 7}|>"  # an id no tokenizer knows
+
+
+def test_llmc_sample_with_a_llama3_tokenizer(tokenizer, fresh_load, tmp_path):
+    """A Llama trained on llama-3 shards samples in its own tokens: the prompt after BOS, the text decoded."""
+    from click.testing import CliRunner
+
+    from llmc.cli.main import main
+    from llmc.core import families
+    from llmc.core.llama import KVCacheModel
+    from llmc.core.rand import XorShift
+    from llmc.core.sample import generate, load_decoder
+
+    path, ref = tokenizer
+    family, cfg, params = families.load(f"llama3:d1:c32:h2:kv1:t32:v{ref.bos + 2}:m16", seed=5)
+    family.write_model(str(tmp_path / "llama.bin"), cfg, params * 20, "fp32")  # sharper than a fresh init
+    result = CliRunner().invoke(main, ["sample", "-e", str(tmp_path / "llama.bin"), "--tokenizer", str(path),
+                                       "--prompt", "the and", "-g", "8", "--no-stop-at-eot"])
+    assert result.exit_code == 0, result.output
+    context = [ref.bos, *ref.encode_ordinary("the and")]
+    decoder = load_decoder(path)
+    want = [decoder(t) for t in generate(KVCacheModel, cfg, params * 20, np, context, 8, XorShift(1337))]
+    assert result.stdout == "the and" + "".join(want) + decoder.flush() + "\n"
+
+
+def test_mid_run_samples_decode_with_the_shards_tokenizer(tokenizer, fresh_load, tmp_path):
+    from click.testing import CliRunner
+
+    from llmc.cli.main import main
+    from llmc.core.formats import write_shard
+
+    path, ref = tokenizer
+    V = ref.bos + 2
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2000), ("val", 1000)):
+        write_shard(tmp_path / f"{split}.bin", rng.integers(0, V, n), "llama-3")
+    result = CliRunner().invoke(main, ["train-cpu", "-e", f"llama3:d1:c32:h2:kv1:t32:v{V}:m16", "-i",
+                                       str(tmp_path / "train.bin"), "-j", str(tmp_path / "val.bin"), "-b", "2",
+                                       "-t", "16", "-x", "2", "-v", "0", "-s", "2", "-g", "6", "--tokenizer", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "generating:\n---\n" in result.stdout and "no samples" not in result.stdout
