@@ -61,9 +61,9 @@ class Primitives(Protocol):
     def device_name(self) -> str:
         """What the backend runs on, for the run's record (config.json): the CPU's or GPU's model name."""
 
-    def memory_used(self) -> int | None:
-        """Device memory in use in bytes, as llm.c reports it (cudaMemGetInfo's total - free); None on
-        the CPU, whose memory the process's RSS tells."""
+    def memory_usage(self) -> tuple[int, int] | None:
+        """(in use, total) device memory in bytes, as llm.c reports it (cudaMemGetInfo's total - free, and
+        total); None on the CPU, whose memory the process's RSS tells."""
 
     def first_run_note(self) -> str | None:
         """One line for the trainer to print before a first step that will tune and compile for a while

@@ -62,7 +62,12 @@ class StepTimer:
         return (dt if mean is None else mean) * steps_left
 
 
-def summary(wall_seconds: float, timer: StepTimer, memory_used: int | None, val_losses: list[tuple[int, float]],
+def mib_of_total(usage: tuple[int, int]) -> str:
+    """llm.c's "X MiB / Y MiB" of (in use, total) bytes."""
+    return f"{usage[0] >> 20} MiB / {usage[1] >> 20} MiB"
+
+
+def summary(wall_seconds: float, timer: StepTimer, memory_usage: tuple[int, int] | None, val_losses: list[tuple[int, float]],
             last_checkpoint: str | None, out: Out) -> None:
     """The closing table: time, tokens, throughput and MFU over the steady steps (after the first),
     peak memory, val losses, the last checkpoint."""
@@ -74,8 +79,8 @@ def summary(wall_seconds: float, timer: StepTimer, memory_used: int | None, val_
         if timer.mfu(steady) is not None:
             rows.append(("mean MFU (steady)", f"{100 * timer.mfu(steady):.1f}%"))
     rows.append(("peak host RSS", gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
-    if memory_used is not None:
-        rows.append(("device memory usage", gib(memory_used)))
+    if memory_usage is not None:
+        rows.append(("device memory usage", mib_of_total(memory_usage)))
     if val_losses:
         best = min(val_losses, key=lambda sv: sv[1])
         rows += [("final val loss", f"{val_losses[-1][1]:.4f} (step {val_losses[-1][0]})"),

@@ -140,6 +140,7 @@ class Trainer:
         self.decoder = load_decoder(cfg.tokenizer) if self.sample_every > 0 else None
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
         self.watchdog: Watchdog | None = None  # with several ranks, while the loop runs
+        self.memory_reported = False  # llm.c's "device memory usage" line, once the optimizer state exists
         self.train_step = backend.graph(self._forward_backward)
         self.step_losses = backend.xp.zeros((self.grad_accum, cfg.B, cfg.T), dtype=np.float32)
         flops_per_step = self.family.flops_per_token(model_cfg, cfg.T) * total // self.group.world  # one process's
@@ -414,6 +415,10 @@ class Trainer:
         """Finish a queued step and print its line: the step ends at its read-back."""
         loss, zloss, norm, zgrad, lr = self.finish_step(queued)
         dt, tps, mfu = self.timer.lap()
+        usage = None if self.memory_reported else self.backend.memory_usage()
+        if usage is not None:  # where llm.c prints it: its first update has allocated the optimizer state
+            self.out(f"device memory usage: {report.mib_of_total(usage)}")
+        self.memory_reported = True
         self._kick_watchdog(max(self.cfg.rank_timeout, 10 * dt))  # a slow step's successor gets its time
         eta = self.timer.eta(self.num_steps - queued.step - 1, dt)
         mfu_column = "" if mfu is None else f"{100 * mfu:.1f}% bf16 MFU | "
@@ -429,7 +434,7 @@ class Trainer:
     def summarize(self) -> None:
         c = self.cfg
         last = str(checkpoint.model_path(c.output_dir, self.last_checkpoint)) if self.last_checkpoint >= 0 else None
-        report.summary(time.perf_counter() - self.started, self.timer, self.backend.memory_used(), self.val_losses,
+        report.summary(time.perf_counter() - self.started, self.timer, self.backend.memory_usage(), self.val_losses,
                        last, self.out)
 
     def _boundary_jobs(self, last: bool) -> list[Callable[[], None]]:

@@ -53,7 +53,7 @@ def device_name() -> str:
     return f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def memory_used() -> None:
+def memory_usage() -> None:
     return None
 
 
@@ -62,7 +62,7 @@ def first_run_note() -> None:
 
 
 __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
-           "promised_flops", "device_name", "memory_used", "first_run_note",
+           "promised_flops", "device_name", "memory_usage", "first_run_note",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward",
            "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward", "matmul_forward", "matmul_backward",

@@ -6,7 +6,7 @@ Implements core/primitives.py. Importing it without CuPy raises LlmcError (never
 the CPU) and touches no GPU: runtime.init(device) takes one (core.backends.get_backend does) and says
 so in one line where there is none."""
 
-from llmc.core.gpu.runtime import (BF16, cp, device_name, fetch, graph, memory_used,  # runtime first:
+from llmc.core.gpu.runtime import (BF16, cp, device_name, fetch, graph, memory_usage,  # runtime first:
                                    promised_flops, synchronize, to_device, to_host)  # it checks for CuPy
 from llmc.core.gpu.attention import attention_backward, attention_forward, attention_stats_shape
 from llmc.core.gpu.classifier import softmax_crossentropy
@@ -26,7 +26,7 @@ act_dtype = BF16
 asynchronous = True
 
 __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "synchronize", "fetch", "graph",
-           "promised_flops", "device_name", "memory_used", "first_run_note",
+           "promised_flops", "device_name", "memory_usage", "first_run_note",
            "attention_stats_shape",
            "encoder_forward", "encoder_backward", "layernorm_forward",
            "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward", "matmul_forward", "matmul_backward",

@@ -326,10 +326,10 @@ def device_name() -> str:
     return current().name
 
 
-def memory_used() -> int:
-    """Device memory in use (all of the device's users), as llm.c's "device memory usage"."""
+def memory_usage() -> tuple[int, int]:
+    """(in use by all of the device's users, total) bytes, as llm.c's "device memory usage"."""
     free, total = cp.cuda.runtime.memGetInfo()
-    return total - free
+    return total - free, total
 
 
 def promised_flops() -> float:

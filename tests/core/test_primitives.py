@@ -562,7 +562,7 @@ def test_primitive_map_names_where_each_op_lives():
 
     core = Path(cpu.__file__).resolve().parents[1]
     described = {"to_device", "to_host", "synchronize", "fetch", "graph", "promised_flops", "device_name",
-                 "memory_used", "first_run_note", "attention_stats_shape"}  # the backend's description, not layers
+                 "memory_usage", "first_run_note", "attention_stats_shape"}  # the backend's description, not layers
     assert set(PRIMITIVE_MAP) == set(REQUIRED_OPS) - described
     for op, (cpu_module, gpu_module, kernels, _) in PRIMITIVE_MAP.items():
         assert getattr(cpu, op).__module__ == "llmc.core." + cpu_module.removesuffix(".py").replace("/", "."), op
