@@ -38,8 +38,10 @@ bench-gpu:
 bench-gpu-llama:
 	$(PYTHON) -m tests.bench.bench_gpu -e llama3.2-1b -t 2048 -b 8 16
 
+# 1, 2, 4, 8 GPUs (as many as the machine has), -z 0 and -z 1; d48 also checks the losses against 1 GPU
 bench-multigpu:
-	$(PYTHON) -m tests.bench.bench_multigpu
+	$(PYTHON) -m tests.bench.bench_multigpu -e d12 -b 16
+	$(PYTHON) -m tests.bench.bench_multigpu -e d48 -b 8 -r 1 --check-losses
 
 clean:
 	rm -rf build *.egg-info .pytest_cache out
