@@ -44,8 +44,9 @@ from llmc.core.train_config import TrainConfig
 
 
 # seconds the ranks may go without a completed step through work that can take long on one rank while
-# the others wait: the first steps (compiling, tuning), evaluations, samples and checkpoints
-SLOW_WORK_SECONDS = 1800.0
+# the others wait: the start and first steps (loading, compiling, tuning), evaluations, samples and
+# checkpoints (PyTorch's NCCL timeout is 10 minutes too)
+SLOW_WORK_SECONDS = 600.0
 
 
 @dataclass
@@ -81,10 +82,16 @@ class Trainer:
             raise LlmcError(f"-pn {cfg.num_processes} -pr {cfg.process_rank} differ from the process group's "
                             f"rank {self.group.rank} of {self.group.world}")
         cfg.validate()
-        self.run_dir = RunDir.hold(cfg.output_dir, self.group) if cfg.output_dir else None
+        # several ranks: one whose steps stop completing (another rank died) stops instead of waiting forever
+        self.watchdog = (Watchdog(self.group, cfg.rank_timeout, first=SLOW_WORK_SECONDS)
+                         if self.group.world > 1 else None)
+        self.run_dir = None
         try:
+            self.run_dir = RunDir.hold(cfg.output_dir, self.group) if cfg.output_dir else None
             self._start(record or {"flags": {}})
         except BaseException:
+            if self.watchdog is not None:
+                self.watchdog.stop()
             if self.run_dir is not None:
                 self.run_dir.release(failed=True)
             raise
@@ -139,7 +146,6 @@ class Trainer:
         # a bad tokenizer stops the start, not the run
         self.decoder = load_decoder(cfg.tokenizer) if self.sample_every > 0 else None
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM, acted on at the next step boundary
-        self.watchdog: Watchdog | None = None  # with several ranks, while the loop runs
         self.memory_reported = False  # llm.c's "device memory usage" line, once the optimizer state exists
         self.train_step = backend.graph(self._forward_backward)
         self.step_losses = backend.xp.zeros((self.grad_accum, cfg.B, cfg.T), dtype=np.float32)
@@ -349,9 +355,6 @@ class Trainer:
         note = self.backend.first_run_note()
         if note and self.main:
             self.out(note)
-        # several ranks: one whose steps stop completing (another rank died) stops instead of waiting forever
-        self.watchdog = (Watchdog(self.group, self.cfg.rank_timeout, first=SLOW_WORK_SECONDS)
-                         if self.group.world > 1 else None)
         try:
             with self._stop_on_signals(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 self._loop()
