@@ -49,3 +49,26 @@ def test_gpu_model_matches_cpu(recompute, gelu_fusion):
             model.update(AdamW(lr=1e-3), step=i + 1, grad_scale=1.0 / max(norm, 1.0), seed=i)
     np.testing.assert_allclose(losses["gpu"], losses["cpu"], atol=2e-2)
     assert losses["gpu"][-1] < losses["gpu"][0] - 0.1  # it trains
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama3"])
+def test_samples_from_the_gpu_trainers_bf16_parameters(family):
+    """train-gpu's mid-run samples: the KV cache on CuPy reads the training model's bf16 parameters, widened a
+    layer at a time; its logits are NumPy's from the same values in fp32 (to summation order), its tokens
+    the same."""
+    from llmc.core import families
+    from llmc.core.rand import XorShift
+    from llmc.core.sample import generate
+
+    descriptor = "d2:c64:h4:t32:v300" if family == "gpt2" else "llama3:d2:c64:h4:kv2:t32:v300:m16"
+    fam, cfg, params = families.load(descriptor, seed=3)
+    params = params * 8  # sharper than a fresh init: sampling far from uniform
+    model = fam.Model(cfg, gpu, params, 1, cfg.max_seq_len)
+    widened = gpu.to_host(model.params)  # the bf16 values the trainer holds, in fp32
+    tokens = [1, 5, 9, 2]
+    got = fam.KVCacheModel(cfg, model.params, gpu.xp, len(tokens)).forward(tokens)
+    want = fam.KVCacheModel(cfg, widened, np, len(tokens)).forward(tokens)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    draws = [list(generate(fam.KVCacheModel, cfg, p, xp, [0], 20, XorShift(1337)))
+             for p, xp in ((model.params, gpu.xp), (widened, np))]
+    assert draws[0] == draws[1]
