@@ -12,7 +12,8 @@ import numpy as np
 
 from llmc.core.config import GPT2_DEPTHS, GPT2_VOCAB, GPTConfig
 from llmc.core.errors import LlmcError
-from llmc.core.formats import SHARD_MAGIC, read_model, read_shard, write_debug_state, write_model, write_tokenizer
+from llmc.core.formats import (SHARD_MAGIC, read_magic, read_model, read_shard, write_debug_state, write_model,
+                               write_tokenizer)
 from llmc.core.hf_weights import load_hf, padded_rows_nonzero, write_hf
 from llmc.core.hub import _read_json, resolve_source
 
@@ -38,9 +39,7 @@ def debug_batch(path: str | os.PathLike | None, B: int, T: int) -> np.ndarray:
         raise LlmcError(f"--debug-state uses llm.c's batch from {DEFAULT_BATCH}: run `llmc prepro tinyshakespeare` "
                         "first, or pass --input FILE (a token shard or a text file)")
     path = Path(path if path is not None else DEFAULT_BATCH)
-    with open(path, "rb") as f:
-        is_shard = f.read(4) == np.int32(SHARD_MAGIC).astype("<i4").tobytes()
-    if is_shard:
+    if read_magic(path) == SHARD_MAGIC:
         tokens = np.asarray(read_shard(path), dtype=np.int32)
     else:
         from llmc.data.tinyshakespeare import read_text, sections
@@ -122,7 +121,7 @@ def export_to_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     from llmc.core.llama_formats import LLAMA3_MAGIC
     from llmc.data.tokenizer import write_hf_tokenizer
 
-    if _magic(model_path) == LLAMA3_MAGIC:
+    if Path(model_path).is_file() and read_magic(model_path) == LLAMA3_MAGIC:  # read_model reports the rest
         from llmc.core import hf_llama, llama_formats
 
         cfg, flat = llama_formats.read_model(model_path)
@@ -145,13 +144,3 @@ def export_to_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     for path in written:
         echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return written
-
-
-def _magic(path: str | os.PathLike) -> int | None:
-    """The first int32 of a file (its family), or None; read_model reports missing and short files."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return None
-    return int(np.frombuffer(head, "<i4")[0]) if len(head) == 4 else None

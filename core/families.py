@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from llmc.core.errors import LlmcError
+from llmc.core.formats import read_magic
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,7 @@ def load(model: str, seed: int = 42) -> tuple[Family, Any, np.ndarray]:
     is) for llm.c's random init; (family, config, flat fp32 parameters)."""
     families = [make() for make in FAMILIES.values()]
     if model.endswith(".bin"):
-        with open(model, "rb") as f:
-            head = f.read(4)
-        magic = int(np.frombuffer(head, "<i4")[0]) if len(head) == 4 else None
+        magic = read_magic(model)
         family = next((f for f in families if f.model_magic == magic), None)
         if family is None:
             expected = " or ".join(str(f.model_magic) for f in families)

@@ -60,6 +60,14 @@ def make_header(*values: int) -> np.ndarray:
     return header
 
 
+def read_magic(path: str | os.PathLike) -> int | None:
+    """A file's first int32, which says what llm.c file it is; None for a file shorter than that (the
+    readers' size checks name it). A missing file raises OSError, as opening it would."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return int(np.frombuffer(head, "<i4")[0]) if len(head) == 4 else None
+
+
 def read_header(path: str | os.PathLike, magic: int, versions: tuple[int, ...], what: str) -> np.ndarray:
     """Read and check a 256-int32 header; returns it as an int64 array."""
     with open(path, "rb") as f:
@@ -112,8 +120,7 @@ def read_shard(path: str | os.PathLike) -> np.ndarray:
     """Memory-map a token shard (read-only), checking its header and length: uint16 tokens under
     gpt-2's magic, uint32 under llama-3's."""
     kinds = {magic: (version, dtype) for magic, version, dtype in SHARD_FORMATS.values()}
-    with open(path, "rb") as f:
-        magic = int.from_bytes(f.read(4), "little", signed=True)
+    magic = read_magic(path)
     if magic not in kinds and os.path.getsize(path) >= HEADER_BYTES:
         raise LlmcError(f"{path}: bad magic {magic} (expected {SHARD_MAGIC} for gpt-2 or {LLAMA3_SHARD_MAGIC} "
                         f"for llama-3): not a token shard file")

@@ -149,11 +149,8 @@ def load_decoder(path: str | Path | None = None) -> Decoder:
 
 def _is_llmc_tokenizer(path: Path) -> bool:
     """An llm.c tokenizer file starts with its magic (a Llama 3 tokenizer is a folder or a text file)."""
-    from llmc.core.formats import TOKENIZER_MAGIC
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(4) == TOKENIZER_MAGIC.to_bytes(4, "little")
+    from llmc.core.formats import TOKENIZER_MAGIC, read_magic
+    return path.is_file() and read_magic(path) == TOKENIZER_MAGIC
 
 
 def encode_prompt(text: str) -> list[int]:
