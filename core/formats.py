@@ -11,7 +11,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -218,32 +218,38 @@ def read_model_config(path: str | os.PathLike) -> tuple[GPTConfig, int]:
 def read_model(path: str | os.PathLike) -> tuple[GPTConfig, np.ndarray]:
     """A model checkpoint as (config, flat fp32 parameters in llm.c order); bf16 is upcast."""
     cfg, version = read_model_config(path)
-    n = num_parameters(cfg)
-    itemsize = 4 if version == MODEL_FP32 else 2
-    check_size(path, HEADER_BYTES + n * itemsize, "model checkpoint")
-    if version == MODEL_FP32:
-        params = np.fromfile(path, dtype="<f4", offset=HEADER_BYTES, count=n)
-    else:
-        params = bf16_bits_to_f32(np.fromfile(path, dtype="<u2", offset=HEADER_BYTES, count=n))
-    return cfg, params.astype(np.float32, copy=False)
+    return cfg, read_model_params(path, HEADER_BYTES, num_parameters(cfg), version, "model checkpoint")
 
 
 def write_model(path: str | os.PathLike, cfg: GPTConfig, params: np.ndarray, dtype: str = "fp32") -> None:
     """Write flat parameters (llm.c order) as a v3 fp32 or v5 bf16 checkpoint."""
+    write_model_file(path, params, num_parameters(cfg), dtype,
+                     lambda version: model_header(cfg, version).tobytes())
+
+
+def read_model_params(path: str | os.PathLike, offset: int, n: int, version: int, what: str) -> np.ndarray:
+    """A model file's n parameters after its headers (offset bytes), v3 fp32 or v5 bf16 (upcast): flat fp32."""
+    fp32 = version == MODEL_FP32
+    check_size(path, offset + n * (4 if fp32 else 2), what)
+    raw = np.fromfile(path, dtype="<f4" if fp32 else "<u2", count=n, offset=offset)
+    return (raw if fp32 else bf16_bits_to_f32(raw)).astype(np.float32, copy=False)
+
+
+def write_model_file(path: str | os.PathLike, params: np.ndarray, n: int, dtype: str,
+                     headers: Callable[[int], bytes]) -> None:
+    """A model file of n parameters: headers(version) then the parameters, v3 fp32 or v5 bf16 (rounded to
+    nearest even), written atomically."""
     if dtype not in ("fp32", "bf16"):
         raise LlmcError(f"model dtype must be fp32 or bf16, not {dtype!r}")
-    n = num_parameters(cfg)
     if params.size != n:
         raise LlmcError(f"{path}: {params.size} parameters given, the config needs {n}")
+    flat = params.reshape(-1)
     with atomic_write(path) as f:
-        if dtype == "fp32":
-            f.write(model_header(cfg, MODEL_FP32).tobytes())
-            f.write(np.ascontiguousarray(params, dtype="<f4").tobytes())
-        else:
-            f.write(model_header(cfg, MODEL_BF16).tobytes())
-            flat = params.reshape(-1)
-            for lo in range(0, flat.size, 1 << 24):  # in chunks: the conversion's temporaries stay small
-                f.write(f32_to_bf16_bits(flat[lo: lo + (1 << 24)]).astype("<u2").tobytes())
+        f.write(headers(MODEL_FP32 if dtype == "fp32" else MODEL_BF16))
+        for lo in range(0, n, 1 << 24):  # in chunks: the conversion's temporaries stay small
+            part = flat[lo: lo + (1 << 24)]
+            f.write((np.asarray(part, dtype="<f4") if dtype == "fp32" else f32_to_bf16_bits(part).astype("<u2"))
+                    .tobytes())
 
 
 # ----------------------------------------------------------------------------- debug states

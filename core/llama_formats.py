@@ -16,13 +16,12 @@ import numpy as np
 
 from llmc.core.errors import LlmcError
 from llmc.core.formats import (HEADER_BYTES, HEADER_INTS, MODEL_BF16, MODEL_FP32, DebugState, atomic_write,
-                               bf16_bits_to_f32, check_size, f32_to_bf16_bits, make_header, read_header)
+                               check_size, make_header, read_header, read_model_params, write_model_file)
 from llmc.core.llama_config import LlamaConfig, num_parameters
 
 LLAMA3_MAGIC = 20240803  # model files and debug states alike
 STATE_VERSION = 3
 MODEL_HEADERS_BYTES = 2 * HEADER_BYTES  # the int32 header, then the float32 one
-CHUNK = 1 << 24  # parameters converted and written at a time: the temporaries stay small
 
 
 # ----------------------------------------------------------------------------- model files
@@ -54,28 +53,13 @@ def read_model_config(path: str | os.PathLike) -> tuple[LlamaConfig, int]:
 def read_model(path: str | os.PathLike) -> tuple[LlamaConfig, np.ndarray]:
     """A Llama 3 model file as (config, flat fp32 parameters in llm.c order); bf16 is upcast."""
     cfg, version = read_model_config(path)
-    n = num_parameters(cfg)
-    fp32 = version == MODEL_FP32
-    check_size(path, MODEL_HEADERS_BYTES + n * (4 if fp32 else 2), "Llama 3 model")
-    raw = np.fromfile(path, dtype="<f4" if fp32 else "<u2", count=n, offset=MODEL_HEADERS_BYTES)
-    return cfg, (raw if fp32 else bf16_bits_to_f32(raw)).astype(np.float32, copy=False)
+    return cfg, read_model_params(path, MODEL_HEADERS_BYTES, num_parameters(cfg), version, "Llama 3 model")
 
 
 def write_model(path: str | os.PathLike, cfg: LlamaConfig, params: np.ndarray, dtype: str = "fp32") -> None:
     """Flat parameters (llm.c order) as train_llama3.py's write_model writes them: v3 fp32 or v5 bf16
     (round to nearest even, as torch's .to(torch.bfloat16))."""
-    if dtype not in ("fp32", "bf16"):
-        raise LlmcError(f"model dtype must be fp32 or bf16, not {dtype!r}")
-    n = num_parameters(cfg)
-    if params.size != n:
-        raise LlmcError(f"{path}: {params.size} parameters given, the config needs {n}")
-    flat = params.reshape(-1)
-    with atomic_write(path) as f:
-        f.write(model_headers(cfg, MODEL_FP32 if dtype == "fp32" else MODEL_BF16))
-        for lo in range(0, n, CHUNK):
-            part = flat[lo: lo + CHUNK]
-            out = np.asarray(part, dtype="<f4") if dtype == "fp32" else f32_to_bf16_bits(part).astype("<u2")
-            f.write(out.tobytes())
+    write_model_file(path, params, num_parameters(cfg), dtype, lambda version: model_headers(cfg, version))
 
 
 # ----------------------------------------------------------------------------- debug states
