@@ -102,9 +102,10 @@ def sample_from_eot(inference: type, cfg: Any, params, xp: ModuleType, decoder: 
 # ----------------------------------------------------------------------------- tokens -> text
 
 class Decoder:
-    """Token ids to text as they stream; a character whose UTF-8 bytes span tokens comes out whole."""
+    """Token ids to text as they stream; a character whose UTF-8 bytes span tokens comes out whole, an id
+    the tokenizer does not know (token_bytes gives None: a padded vocab's) as <|id|>."""
 
-    def __init__(self, token_bytes: Callable[[int], bytes], eot: int, path: str | None = None,
+    def __init__(self, token_bytes: Callable[[int], bytes | None], eot: int, path: str | None = None,
                  encode: Callable[[str], list[int]] | None = None):
         self.token_bytes, self.eot = token_bytes, eot
         self.path = path  # the tokenizer file, for messages; None for the built-in GPT-2 BPE
@@ -112,7 +113,8 @@ class Decoder:
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, token: int) -> str:
-        return self.utf8.decode(self.token_bytes(token))
+        raw = self.token_bytes(token)
+        return self.utf8.decode(f"<|{token}|>".encode() if raw is None else raw)
 
     def flush(self) -> str:
         return self.utf8.decode(b"", final=True)
@@ -135,16 +137,9 @@ def load_decoder(path: str | Path | None = None) -> Decoder:
         table, eot = read_tokenizer(path)
         if not 0 <= eot < len(table):  # the file is inconsistent in itself: blame it, not the model
             raise LlmcError(f"{path}: end-of-text id {eot} is outside its {len(table)} tokens")
-        return Decoder(lambda t: table[t] if 0 <= t < len(table) else f"<|{t}|>".encode(), eot, str(path))
-    from llmc.data.tokenizer import EOT, gpt2_encoding
-    enc = gpt2_encoding()
-
-    def token_bytes(t: int) -> bytes:
-        try:
-            return enc.decode_single_token_bytes(t)
-        except KeyError:  # a padded-vocab id no tokenizer knows
-            return f"<|{t}|>".encode()
-    return Decoder(token_bytes, EOT)
+        return Decoder(lambda t: table[t] if 0 <= t < len(table) else None, eot, str(path))
+    from llmc.data.tokenizer import EOT, gpt2_encoding, tiktoken_token_bytes
+    return Decoder(tiktoken_token_bytes(gpt2_encoding()), EOT)
 
 
 def _is_llmc_tokenizer(path: Path) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 
 from llmc.core.errors import LlmcError
 from llmc.data.sources import _first_line
+from llmc.data.tokenizer import byte_level_alphabet, tiktoken_token_bytes
 
 PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
@@ -33,30 +34,17 @@ HINT = "--tokenizer takes a Hugging Face tokenizer folder or Meta's tokenizer.mo
 class Llama3Tokenizer:
     bos: int  # tokenizer.encode('')[0]: llm.c puts it before every document
     encode: Callable[[str], np.ndarray]  # text -> uint32 ids, special-token text as text, no BOS
-    token_bytes: Callable[[int], bytes]  # an id's bytes (a special token's text), for decoding as tokens stream
+    token_bytes: Callable[[int], bytes | None]  # an id's bytes (a special token's text), None if unknown
 
 
-def _unknown(token: int) -> bytes:
-    return f"<|{token}|>".encode()
+def byte_level_token_bytes(token_text: Callable[[int], str | None]) -> Callable[[int], bytes | None]:
+    """An id's bytes from its byte-level token string; a special token's own text; None for an unknown id."""
+    alphabet = {ch: b for b, ch in byte_level_alphabet().items()}  # character -> byte
 
-
-@functools.cache
-def _byte_level_bytes() -> dict[str, int]:
-    """Byte-level BPE's alphabet (Hugging Face's ByteLevel, GPT-2's and Llama 3's tokenizer.json) inverted:
-    the printable bytes stand for themselves, the other bytes for the characters from U+0100 on, in order."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    others = iter(range(256, 512))
-    return {chr(b if b in printable else next(others)): b for b in range(256)}
-
-
-def byte_level_token_bytes(token_text: Callable[[int], str | None]) -> Callable[[int], bytes]:
-    """An id's bytes from its byte-level token string; a special token's own text; unknown ids shown as <|id|>."""
-    alphabet = _byte_level_bytes()
-
-    def token_bytes(token: int) -> bytes:
+    def token_bytes(token: int) -> bytes | None:
         text = token_text(token)
         if text is None:
-            return _unknown(token)
+            return None
         if all(ch in alphabet for ch in text):
             return bytes(alphabet[ch] for ch in text)
         return text.encode()  # an added token (<|begin_of_text|>, ...): not byte-level encoded
@@ -151,13 +139,7 @@ def tiktoken_model(path: Path) -> Llama3Tokenizer:
         except UnicodeEncodeError:
             return np.asarray(enc.encode_ordinary(text), dtype=np.uint32)
 
-    def token_bytes(token: int) -> bytes:
-        try:
-            return enc.decode_single_token_bytes(token)
-        except KeyError:
-            return _unknown(token)
-
-    return Llama3Tokenizer(special["<|begin_of_text|>"], encode, token_bytes)
+    return Llama3Tokenizer(special["<|begin_of_text|>"], encode, tiktoken_token_bytes(enc))
 
 
 @functools.cache

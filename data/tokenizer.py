@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tiktoken
@@ -59,13 +60,29 @@ def encode_documents(texts: list[str]) -> tuple[int, np.ndarray]:
     return len(texts), tokens.astype(np.uint16)
 
 
+def tiktoken_token_bytes(enc: tiktoken.Encoding) -> Callable[[int], bytes | None]:
+    """An id's bytes in a tiktoken encoding; None for an id it does not know (a padded vocab's)."""
+    def token_bytes(token: int) -> bytes | None:
+        try:
+            return enc.decode_single_token_bytes(token)
+        except KeyError:
+            return None
+    return token_bytes
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """Byte-level BPE's alphabet (GPT-2's, and Hugging Face's ByteLevel in Llama 3's tokenizer.json): each byte
+    as a printable character, the printable bytes as themselves, the others as U+0100 on, in order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    others = iter(range(256, 512))
+    return {b: chr(b if b in printable else next(others)) for b in range(256)}
+
+
 def write_hf_tokenizer(out_dir: str | os.PathLike, max_seq_len: int) -> list[Path]:
     """GPT-2's vocab.json + merges.txt + tokenizer_config.json, rebuilt offline from tiktoken's ranks:
     each merge is the last pair BPE joins when encoding that token with lower-ranked merges only."""
     ranks = gpt2_encoding()._mergeable_ranks
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    others = iter(range(256, 512))  # GPT-2's byte-level alphabet: unprintable bytes shift to 256+
-    char = {b: chr(b if b in printable else next(others)) for b in range(256)}
+    char = byte_level_alphabet()
 
     def text(b: bytes) -> str:
         return "".join(char[x] for x in b)
