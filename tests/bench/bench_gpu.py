@@ -53,12 +53,6 @@ def batches(cfg, B: int, T: int, n: int) -> list:
     return [rng.integers(0, cfg.vocab_size, (2, B, T)).astype(np.int32) for _ in range(n)]
 
 
-def device_used_mib() -> float:
-    import cupy as cp
-    free, total = cp.cuda.runtime.memGetInfo()
-    return (total - free) / 2 ** 20
-
-
 STEP_MS = re.compile(r"^step .*\| ([0-9.]+) ms \|")  # train-gpu's and train_gpt2cu's step lines
 STEP_LOSS = re.compile(r"^step .*\| loss ([0-9.]+)")
 
@@ -93,8 +87,9 @@ def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, recompute: i
         config = TrainConfig(train_data=f"{tmp}/train.bin", val_data=f"{tmp}/val.bin", model=model, B=B, T=T,
                              max_steps=warmup + steps, val_every=10 ** 9, val_max_steps=1, sample_every=0,
                              gelu_fusion=gelu_fusion, recompute=recompute)
-        Trainer(config, get_backend("gpu"), out=lines.append).run()
-        mem = device_used_mib()
+        gpu = get_backend("gpu")
+        Trainer(config, gpu, out=lines.append).run()
+        mem = gpu.memory_usage()[0] / 2 ** 20  # llm.c's measure: the device's used memory
     return {"cfg": cfg, "family": family, "mem_mib": mem, **step_lines(lines, warmup)}
 
 
