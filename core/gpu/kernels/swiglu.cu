@@ -4,12 +4,20 @@
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-extern "C" __global__ void swiglu_forward(bf16* out, const bf16* inp, long N, int H) {
+// this thread's pack: row n, channels c..c+PACK-1 of H; false for the threads past the last pack
+__device__ __forceinline__ bool pack_of_thread(long N, int H, long& n, int& c) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int packs = H / PACK;
-    if (i >= N * packs) return;
-    long n = i / packs;
-    int c = (int)(i % packs) * PACK;
+    if (i >= N * packs) return false;
+    n = i / packs;
+    c = (int)(i % packs) * PACK;
+    return true;
+}
+
+extern "C" __global__ void swiglu_forward(bf16* out, const bf16* inp, long N, int H) {
+    long n;
+    int c;
+    if (!pack_of_thread(N, H, n, c)) return;
     const bf16* x = inp + n * 2 * H + c;
     float x1[PACK], x2[PACK];
     load_bf16_cs(x1, x);
@@ -21,11 +29,9 @@ extern "C" __global__ void swiglu_forward(bf16* out, const bf16* inp, long N, in
 
 // dinp[:, :H] = dout * silu(x2), dinp[:, H:] = dout * x1 * silu'(x2), silu'(x) = sig(x) (1 + x (1 - sig(x)))
 extern "C" __global__ void swiglu_backward(bf16* dinp, const bf16* inp, const bf16* dout, long N, int H) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    int packs = H / PACK;
-    if (i >= N * packs) return;
-    long n = i / packs;
-    int c = (int)(i % packs) * PACK;
+    long n;
+    int c;
+    if (!pack_of_thread(N, H, n, c)) return;
     const bf16* x = inp + n * 2 * H + c;
     float x1[PACK], x2[PACK], d[PACK], d1[PACK], d2[PACK];
     load_bf16_cs(x1, x);
