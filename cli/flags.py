@@ -58,6 +58,9 @@ TRAIN_FLAGS = [
      "GELU fusion into matmuls: 0 none, 1 forward, 2 forward+backward", True),
     (("-z",), "--zero-stage", "zero_stage", int,
      "ZeRO stage: 0 all-reduces gradients, 1 also shards the optimizer state", True),
+    (("-f8",), "--fp8", "fp8", int, "the blocks' linear layers in FP8 (0|1): E4M3 forward, E5M2 gradients, per-tensor "
+     "current scaling; output head, attention, norms and optimizer as without (train-cpu: the exact emulation)",
+     False),
     (("-r",), "--recompute", "recompute", int, "recompute in backward: 0 none, 1 GELU, 2 GELU+layernorm", True),
     (("-pn",), "--num-processes", "num_processes", int, "number of processes", True),
     (("-pr",), "--process-rank", "process_rank", int, "this process's rank", True),

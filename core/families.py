@@ -31,7 +31,8 @@ class Family:
     random_init: Callable[[Any, int], np.ndarray]  # (config, seed) -> flat fp32 parameters
     read_model: Callable[[str], tuple[Any, np.ndarray]]  # a model file -> (config, flat fp32 parameters)
     write_model: Callable[[str, Any, np.ndarray, str], None]  # (path, config, parameters, "fp32" | "bf16")
-    Model: type  # Model(config, backend, params, B, T, recompute=, gelu_fusion=, master_weights=, group=, zero_stage=)
+    Model: type  # Model(config, backend, params, B, T, recompute=, gelu_fusion=, master_weights=, group=, zero_stage=,
+    #               fp8=)
     KVCacheModel: type  # KVCacheModel(config, params, xp, positions)
 
 

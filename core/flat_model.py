@@ -13,6 +13,7 @@ import numpy as np
 
 from llmc.core.distributed import Group, SingleProcess, shard_pieces, whole, zero_shard
 from llmc.core.errors import LlmcError
+from llmc.core.linears import make_linears
 from llmc.core.primitives import AdamW
 
 
@@ -28,18 +29,19 @@ def views(flat, shapes: dict[str, tuple[int, ...]]) -> dict:
 
 class FlatModel:
     """A training model's flat parameters, gradients and AdamW state on a backend, sharded over the
-    processes with ZeRO-1; a subclass allocates its activations (`acts`, with "losses" (B, T) fp32) and
+    processes with ZeRO-1, and the blocks' linear layers (core/linears.py); a subclass allocates its activations (`acts`, with "losses" (B, T) fp32) and
     writes forward and backward against the primitive set."""
 
     def __init__(self, cfg: Any, backend: ModuleType, params: np.ndarray, shapes: dict[str, tuple[int, ...]],
                  decayed_params: tuple[str, ...], B: int, T: int, *, recompute: int, gelu_fusion: int,
-                 master_weights: bool, group: Group | None, zero_stage: int):
+                 master_weights: bool, group: Group | None, zero_stage: int, fp8: bool = False):
         if T > cfg.max_seq_len:
             raise LlmcError(f"-t {T} is larger than the model's max_seq_len {cfg.max_seq_len}")
         if recompute not in (0, 1, 2) or gelu_fusion not in (0, 1, 2):
             raise LlmcError("recompute (-r) and gelu fusion (-ge) take 0, 1 or 2")
         self.cfg, self.backend, self.B, self.T = cfg, backend, B, T
         self.recompute, self.gelu_fusion = recompute, gelu_fusion
+        self.linears = make_linears(backend, fp8, shapes, B * T, recompute)  # the blocks' four, bf16 or FP8
         xp, dt = backend.xp, backend.act_dtype
         n = params.size
         # the optimizer state covers this rank's shard: all n with one process or -z 0 (gradients all-reduced),

@@ -54,9 +54,10 @@ class Llama(FlatModel):
 
     def __init__(self, cfg: LlamaConfig, backend: ModuleType, params: np.ndarray, B: int, T: int,
                  recompute: int = 0, gelu_fusion: int = 2, master_weights: bool = True,
-                 group: Group | None = None, zero_stage: int = 0):
+                 group: Group | None = None, zero_stage: int = 0, fp8: bool = False):
         super().__init__(cfg, backend, params, param_shapes(cfg), DECAYED_PARAMS, B, T, recompute=recompute,
-                         gelu_fusion=gelu_fusion, master_weights=master_weights, group=group, zero_stage=zero_stage)
+                         gelu_fusion=gelu_fusion, master_weights=master_weights, group=group, zero_stage=zero_stage,
+                         fp8=fp8)
         table = rope_table(cfg.head_size, cfg.max_seq_len, cfg.rope_theta, cfg.use_scaled_rope)
         self.freqs_cis = backend.to_device(table, np.float32)  # (maxT, HS/2, 2)
         self.acts = self._allocate_activations(backend.act_dtype)
@@ -66,8 +67,10 @@ class Llama(FlatModel):
         cfg, B, T = self.cfg, self.B, self.T
         L, C, V, NH, QKV, H = (cfg.num_layers, cfg.channels, cfg.vocab_size, cfg.num_heads, cfg.qkv_channels,
                                cfg.hidden_dim)
-        Lswiglu = 1 if self.recompute >= 1 else L  # recomputed activations keep one layer's buffer
-        Lln = 1 if self.recompute >= 2 else L
+        # recomputed activations, and inputs the linear layers keep their own copies of, need one layer's buffer
+        keeps = self.linears.keeps_input
+        Lswiglu = 1 if self.recompute >= 1 or keeps("fcproj") else L
+        Lln = 1 if self.recompute >= 2 or (keeps("qkv") and keeps("fc")) else L
         f32 = np.float32
         return self._zeros({
             "encoded": ((B, T, C), dt),
@@ -93,21 +96,22 @@ class Llama(FlatModel):
     def forward(self, with_targets: bool = True, dloss: float | None = None) -> None:
         """Forward on self.inputs. With targets, losses (B,T) are computed; with dloss, logits are
         replaced by dlogits ready for backward (the fused classifier)."""
-        ops, p, a, cfg = self.backend, self.p, self.acts, self.cfg
+        ops, lin, p, a, cfg = self.backend, self.linears, self.p, self.acts, self.cfg
         L, NH, NKV, eps = cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.norm_eps
+        lin.prepare(p)
         ops.encoder_forward(a["encoded"], self.inputs, p["wte"], None)  # no wpe: RoPE places the tokens
         ops.rmsnorm_forward(self._kept("ln1", 0), a["ln1_rstd"][0], a["encoded"], p["ln1w"][0], eps)
         for l in range(L):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             ln2, swiglu = self._kept("ln2", l), self._kept("fch_swiglu", l)
-            ops.matmul_forward(a["qkv"], self._kept("ln1", l), p["qkvw"][l], None)
+            lin.forward("qkv", l, a["qkv"], self._kept("ln1", l), p["qkvw"][l], None)
             ops.rope_forward(a["qkvr"][l], a["qkv"], self.freqs_cis, NH, NKV)
             ops.attention_forward(a["atty"][l], a["att_stats"][l], a["qkvr"][l], NH, NKV)
-            ops.matmul_forward(a["residual2"][l], a["atty"][l], p["attprojw"][l], None, residual=residual)
+            lin.forward("attproj", l, a["residual2"][l], a["atty"][l], p["attprojw"][l], None, residual=residual)
             ops.rmsnorm_forward(ln2, a["ln2_rstd"][l], a["residual2"][l], p["ln2w"][l], eps)
-            ops.matmul_forward(a["fch"][l], ln2, p["fcw"][l], None)
+            lin.forward("fc", l, a["fch"][l], ln2, p["fcw"][l], None)
             ops.swiglu_forward(swiglu, a["fch"][l])
-            ops.matmul_forward(a["residual3"][l], swiglu, p["fcprojw"][l], None, residual=a["residual2"][l])
+            lin.forward("fcproj", l, a["residual3"][l], swiglu, p["fcprojw"][l], None, residual=a["residual2"][l])
             if l + 1 < L:
                 ops.rmsnorm_forward(self._kept("ln1", l + 1), a["ln1_rstd"][l + 1], a["residual3"][l],
                                     p["ln1w"][l + 1], eps)
@@ -120,7 +124,7 @@ class Llama(FlatModel):
     # ------------------------------------------------------------------ backward
     def backward(self) -> None:
         """Accumulate parameter gradients from the dlogits a forward(dloss=...) left in logits."""
-        ops, p, g, a, cfg = self.backend, self.p, self.g, self.acts, self.cfg
+        ops, lin, p, g, a, cfg = self.backend, self.linears, self.p, self.g, self.acts, self.cfg
         L, NH, NKV, eps = cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.norm_eps
         dresidual, dbtc, dbth, dbt2h, dqkvr, dqkv = (a[name] for name in
                                                      ("dresidual", "dbtc", "dbth", "dbt2h", "dqkvr", "dqkv"))
@@ -136,14 +140,14 @@ class Llama(FlatModel):
                 ops.rmsnorm_forward(ln2, a["ln2_rstd"][l], a["residual2"][l], p["ln2w"][l], eps)
             if self.recompute >= 1:
                 ops.swiglu_forward(swiglu, a["fch"][l])
-            ops.matmul_backward(dbth, g["fcprojw"][l], None, dresidual, swiglu, p["fcprojw"][l])
+            lin.backward("fcproj", l, dbth, g["fcprojw"][l], None, dresidual, swiglu, p["fcprojw"][l])
             ops.swiglu_backward(dbt2h, a["fch"][l], dbth)
-            ops.matmul_backward(dbtc, g["fcw"][l], None, dbt2h, ln2, p["fcw"][l])
+            lin.backward("fc", l, dbtc, g["fcw"][l], None, dbt2h, ln2, p["fcw"][l])
             ops.rmsnorm_backward(dresidual, g["ln2w"][l], dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_rstd"][l])
-            ops.matmul_backward(dbtc, g["attprojw"][l], None, dresidual, a["atty"][l], p["attprojw"][l])
+            lin.backward("attproj", l, dbtc, g["attprojw"][l], None, dresidual, a["atty"][l], p["attprojw"][l])
             ops.attention_backward(dqkvr, dbtc, a["qkvr"][l], a["atty"][l], a["att_stats"][l], NH, NKV)
             ops.rope_backward(dqkv, dqkvr, self.freqs_cis, NH, NKV)
-            ops.matmul_backward(dbtc, g["qkvw"][l], None, dqkv, ln1, p["qkvw"][l])
+            lin.backward("qkv", l, dbtc, g["qkvw"][l], None, dqkv, ln1, p["qkvw"][l])
             ops.rmsnorm_backward(dresidual, g["ln1w"][l], dbtc, residual, p["ln1w"][l], a["ln1_rstd"][l])
         ops.encoder_backward(g["wte"], None, dresidual, self.inputs)
 

@@ -20,17 +20,20 @@ from llmc.core.flat_model import FlatModel, KVCache
 class GPT(FlatModel):
     def __init__(self, cfg: GPTConfig, backend: ModuleType, params: np.ndarray, B: int, T: int,
                  recompute: int = 0, gelu_fusion: int = 2, master_weights: bool = True,
-                 group: Group | None = None, zero_stage: int = 0):
+                 group: Group | None = None, zero_stage: int = 0, fp8: bool = False):
         super().__init__(cfg, backend, params, param_shapes(cfg), DECAYED_PARAMS, B, T, recompute=recompute,
-                         gelu_fusion=gelu_fusion, master_weights=master_weights, group=group, zero_stage=zero_stage)
+                         gelu_fusion=gelu_fusion, master_weights=master_weights, group=group, zero_stage=zero_stage,
+                         fp8=fp8)
         self.acts = self._allocate_activations(backend.act_dtype)
 
     # ------------------------------------------------------------------ buffers
     def _allocate_activations(self, dt) -> dict:
         cfg, B, T = self.cfg, self.B, self.T
         L, C, Vp, NH = cfg.num_layers, cfg.channels, cfg.padded_vocab_size, cfg.num_heads
-        Lgelu = 1 if self.recompute >= 1 else L  # recomputed activations keep one layer's buffer
-        Lln = 1 if self.recompute >= 2 else L
+        # recomputed activations, and inputs the linear layers keep their own copies of, need one layer's buffer
+        keeps = self.linears.keeps_input
+        Lgelu = 1 if self.recompute >= 1 or keeps("fcproj") else L
+        Lln = 1 if self.recompute >= 2 or (keeps("qkv") and keeps("fc")) else L
         f32 = np.float32
         shapes = {
             "encoded": ((B, T, C), dt),
@@ -55,23 +58,25 @@ class GPT(FlatModel):
     def forward(self, with_targets: bool = True, dloss: float | None = None) -> None:
         """Forward on self.inputs. With targets, losses (B,T) are computed; with dloss, logits are
         replaced by dlogits ready for backward (the fused classifier)."""
-        ops, p, a, cfg = self.backend, self.p, self.acts, self.cfg
+        ops, lin, p, a, cfg = self.backend, self.linears, self.p, self.acts, self.cfg
         L, NH = cfg.num_layers, cfg.num_heads
+        lin.prepare(p)
         ops.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"])
         ops.layernorm_forward(self._kept("ln1", 0), a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"], p["ln1w"][0], p["ln1b"][0])
         for l in range(L):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             ln2, gelu = self._kept("ln2", l), self._kept("fch_gelu", l)
-            ops.matmul_forward(a["qkv"][l], self._kept("ln1", l), p["qkvw"][l], p["qkvb"][l])
+            lin.forward("qkv", l, a["qkv"][l], self._kept("ln1", l), p["qkvw"][l], p["qkvb"][l])
             ops.attention_forward(a["atty"][l], a["att_stats"][l], a["qkv"][l], NH)
-            ops.matmul_forward(a["residual2"][l], a["atty"][l], p["attprojw"][l], p["attprojb"][l], residual=residual)
+            lin.forward("attproj", l, a["residual2"][l], a["atty"][l], p["attprojw"][l], p["attprojb"][l],
+                        residual=residual)
             ops.layernorm_forward(ln2, a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l], p["ln2w"][l], p["ln2b"][l])
             if self.gelu_fusion >= 1:
-                ops.matmul_forward(gelu, ln2, p["fcw"][l], p["fcb"][l], pre_gelu=a["fch"][l])
+                lin.forward("fc", l, gelu, ln2, p["fcw"][l], p["fcb"][l], pre_gelu=a["fch"][l])
             else:
-                ops.matmul_forward(a["fch"][l], ln2, p["fcw"][l], p["fcb"][l])
+                lin.forward("fc", l, a["fch"][l], ln2, p["fcw"][l], p["fcb"][l])
                 ops.gelu_forward(gelu, a["fch"][l])
-            ops.matmul_forward(a["residual3"][l], gelu, p["fcprojw"][l], p["fcprojb"][l], residual=a["residual2"][l])
+            lin.forward("fcproj", l, a["residual3"][l], gelu, p["fcprojw"][l], p["fcprojb"][l], residual=a["residual2"][l])
             if l + 1 < L:
                 ops.layernorm_forward(self._kept("ln1", l + 1), a["ln1_mean"][l + 1], a["ln1_rstd"][l + 1],
                                     a["residual3"][l], p["ln1w"][l + 1], p["ln1b"][l + 1])
@@ -84,7 +89,7 @@ class GPT(FlatModel):
     # ------------------------------------------------------------------ backward
     def backward(self) -> None:
         """Accumulate parameter gradients from the dlogits a forward(dloss=...) left in logits."""
-        ops, p, g, a, cfg = self.backend, self.p, self.g, self.acts, self.cfg
+        ops, lin, p, g, a, cfg = self.backend, self.linears, self.p, self.g, self.acts, self.cfg
         L, NH = cfg.num_layers, cfg.num_heads
         dresidual, dbtc, dbt4c = a["dresidual"], a["dbtc"], a["dbt4c"]
         B, T, C = dbtc.shape
@@ -104,16 +109,17 @@ class GPT(FlatModel):
             if self.recompute >= 1:
                 ops.gelu_forward(gelu, a["fch"][l])
             if self.gelu_fusion >= 2:
-                ops.matmul_backward(dbt4c, g["fcprojw"][l], None, dresidual, gelu, p["fcprojw"][l], pre_gelu=a["fch"][l])
+                lin.backward("fcproj", l, dbt4c, g["fcprojw"][l], None, dresidual, gelu, p["fcprojw"][l],
+                             pre_gelu=a["fch"][l])
             else:
-                ops.matmul_backward(dbt4c, g["fcprojw"][l], None, dresidual, gelu, p["fcprojw"][l])
+                lin.backward("fcproj", l, dbt4c, g["fcprojw"][l], None, dresidual, gelu, p["fcprojw"][l])
                 ops.gelu_backward(dbt4c, a["fch"][l], dbt4c)
-            ops.matmul_backward(dbtc, g["fcw"][l], g["fcb"][l], dbt4c, ln2, p["fcw"][l])
+            lin.backward("fc", l, dbtc, g["fcw"][l], g["fcb"][l], dbt4c, ln2, p["fcw"][l])
             ops.layernorm_backward(dresidual, g["ln2w"][l], g["ln2b"][l], dbtc, a["residual2"][l], p["ln2w"][l],
                                  a["ln2_mean"][l], a["ln2_rstd"][l], dproj_bias=g["attprojb"][l])
-            ops.matmul_backward(dbtc, g["attprojw"][l], None, dresidual, a["atty"][l], p["attprojw"][l])
+            lin.backward("attproj", l, dbtc, g["attprojw"][l], None, dresidual, a["atty"][l], p["attprojw"][l])
             ops.attention_backward(dqkv, dbtc, a["qkv"][l], a["atty"][l], a["att_stats"][l], NH)
-            ops.matmul_backward(dbtc, g["qkvw"][l], g["qkvb"][l], dqkv, ln1, p["qkvw"][l])
+            lin.backward("qkv", l, dbtc, g["qkvw"][l], g["qkvb"][l], dqkv, ln1, p["qkvw"][l])
             ops.layernorm_backward(dresidual, g["ln1w"][l], g["ln1b"][l], dbtc, residual, p["ln1w"][l],
                                  a["ln1_mean"][l], a["ln1_rstd"][l], dproj_bias=g["fcprojb"][l - 1] if l else None)
         ops.encoder_backward(g["wte"], g["wpe"], dresidual, self.inputs)

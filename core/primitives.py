@@ -28,6 +28,21 @@ class AdamW:
     eps: float = 1e-8
 
 
+# The largest finite values of the two FP8 formats (OCP's E4M3 "fn", which has no infinities, and E5M2)
+E4M3_MAX, E5M2_MAX = 448.0, 57344.0
+AMAX_FLOOR = 1e-12  # an all-zero tensor's amax, so its scale stays finite (torchao's EPS)
+
+
+@dataclass(frozen=True)
+class Fp8:
+    """A tensor in FP8 with its per-tensor scale: data (uint8, the E4M3 or E5M2 bit patterns) holds
+    x * scale rounded to nearest and saturated, scale = FMT_MAX / amax(x); scale_inv (1,) fp32 = 1/scale,
+    what a GEMM multiplies its product by. Forward operands are E4M3, gradients E5M2 (llm.c's and
+    Transformer Engine's HYBRID format)."""
+    data: Array
+    scale_inv: Array
+
+
 class Primitives(Protocol):
     # ------------------------------------------------------------------ backend description
     name: str  # "cpu" or "gpu"
@@ -108,6 +123,25 @@ class Primitives(Protocol):
         With pre_gelu (inp was gelu(pre_gelu)): dinp is then multiplied by gelu'(pre_gelu), giving
         the gradient with respect to pre_gelu."""
 
+    def quantize_fp8(self, out: Array | None, out_t: Array | None, scale_inv: Array, inp: Array,
+                     e5m2: bool = False) -> None:
+        """Per-tensor current scaling of inp (R, K) (torchao's tensorwise recipe): scale = FMT_MAX /
+        max(amax(inp), AMAX_FLOOR) in fp32, out (R, K) uint8 = fp8(inp * scale) and out_t (K, R) its transpose
+        (either may be None), E4M3 or, with e5m2, E5M2, rounded to nearest even and saturated to +-FMT_MAX;
+        scale_inv (1,) fp32 = 1 / scale."""
+
+    def matmul_forward_fp8(self, out: Array, inp: Fp8, weight: Fp8, bias: Array | None,
+                           pre_gelu: Array | None = None, residual: Array | None = None) -> None:
+        """matmul_forward from E4M3 operands: out (N,OC) = (inp.data (N,C) @ weight.data (OC,C).T) *
+        inp.scale_inv * weight.scale_inv + bias, accumulated in fp32, with matmul_forward's GELU and residual."""
+
+    def matmul_backward_fp8(self, dinp: Array, dweight: Array, dbias: Array | None, dout: Array, dout8: Fp8,
+                            dout8_t: Fp8, inp_t: Fp8, weight_t: Fp8, pre_gelu: Array | None = None) -> None:
+        """matmul_backward from FP8 operands, accumulated in fp32: dinp (N,C) = dout8 (N,OC, E5M2) @
+        weight_t (C,OC, E4M3).T (times gelu'(pre_gelu) if given); dweight (OC,C) += dout8_t (OC,N, E5M2) @
+        inp_t (C,N, E4M3).T; dbias += dout (N,OC, the unquantized gradient) summed over N. Each product is
+        scaled by its operands' scale_inv."""
+
     def gelu_forward(self, out: Array, inp: Array) -> None:
         """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
 
@@ -180,6 +214,11 @@ PRIMITIVE_MAP: dict[str, tuple[str, str, tuple[str, ...], str]] = {
                        "(gpu/gelu_gemm.py); where an epilogue refuses the alignment, gelu.py's kernels after"),
     "matmul_backward": ("cpu/layers.py", "gpu/matmul.py", ("matmul.cu",),
                         "cuBLASLt (gpu/cublaslt.py); dGELU by its epilogue or gelu.py's kernel"),
+    "quantize_fp8": ("cpu/fp8.py", "gpu/fp8.py", ("fp8.cu",), ""),
+    "matmul_forward_fp8": ("cpu/fp8.py", "gpu/fp8.py", (), "cuBLASLt's FP8 GEMMs (gpu/cublaslt.py) with the bf16 "
+                           "path's epilogues"),
+    "matmul_backward_fp8": ("cpu/fp8.py", "gpu/fp8.py", (), "cuBLASLt's FP8 GEMMs (gpu/cublaslt.py); "
+                            "the bias gradient by matmul.py's kernels (matmul.cu) from the bf16 gradient"),
     "gelu_forward": ("cpu/layers.py", "gpu/gelu.py", ("gelu.cu",), ""),
     "gelu_backward": ("cpu/layers.py", "gpu/gelu.py", ("gelu.cu",), ""),
     "attention_forward": ("cpu/layers.py", "gpu/attention.py", ("attention.cu",),

@@ -114,7 +114,7 @@ class Trainer:
         self.model_cfg = model_cfg
         self.model = self.family.Model(model_cfg, backend, params, cfg.B, cfg.T, recompute=cfg.recompute,
                                        gelu_fusion=cfg.gelu_fusion, master_weights=bool(cfg.master_weights),
-                                       group=self.group, zero_stage=cfg.zero_stage)
+                                       group=self.group, zero_stage=cfg.zero_stage, fp8=bool(cfg.fp8))
         train_pattern = cfg.val_data if cfg.overfit_single_batch else cfg.train_data
         self.train_loader = DataLoader(train_pattern, cfg.B, cfg.T, cfg.process_rank, cfg.num_processes,
                                        shuffle=not cfg.overfit_single_batch)

@@ -42,6 +42,7 @@ class TrainConfig:
     num_processes: int = 1  # -pn
     process_rank: int = 0  # -pr
     zero_stage: int = 0  # -z: 1 shards the optimizer state over the processes (ZeRO-1)
+    fp8: int = 0  # -f8: the blocks' linear layers in FP8 (core/linears.py)
     overwrite: bool = False  # --overwrite: a new run may replace the run in -o
     tensorboard: bool = False  # --tensorboard: TensorBoard event files in -o/tensorboard
     wandb_project: str | None = None  # --wandb-project: log to this Weights & Biases project
@@ -59,6 +60,8 @@ class TrainConfig:
             raise LlmcError(f"--rank-timeout takes a number of seconds > 0, not {self.rank_timeout}")
         if self.zero_stage not in (0, 1):
             raise LlmcError("-z takes 0 or 1 (ZeRO-1)")
+        if self.fp8 not in (0, 1):
+            raise LlmcError("-f8 takes 0 (bf16) or 1 (FP8 linear layers)")
         if self.B < 1 or self.T < 1:
             raise LlmcError(f"-b and -t take sizes >= 1, not {self.B} and {self.T}")
         if self.max_steps == 0 or self.max_steps < -1:

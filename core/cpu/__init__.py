@@ -11,6 +11,7 @@ from llmc.core.cpu.layers import (attention_backward, attention_forward, attenti
                                   layernorm_backward, layernorm_forward, matmul_backward, matmul_forward,
                                   rmsnorm_backward, rmsnorm_forward, rope_backward, rope_forward,
                                   softmax_crossentropy, swiglu_backward, swiglu_forward)
+from llmc.core.cpu.fp8 import matmul_backward_fp8, matmul_forward_fp8, quantize_fp8
 from llmc.core.cpu.optimizer import adamw_update, global_norm_squared
 
 name = "cpu"
@@ -68,4 +69,4 @@ __all__ = ["name", "xp", "act_dtype", "asynchronous", "to_device", "to_host", "s
            "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward", "matmul_forward", "matmul_backward",
            "gelu_forward", "gelu_backward", "swiglu_forward", "swiglu_backward", "attention_forward",
            "attention_backward", "rope_forward", "rope_backward", "softmax_crossentropy",
-           "global_norm_squared", "adamw_update"]
+           "quantize_fp8", "matmul_forward_fp8", "matmul_backward_fp8", "global_norm_squared", "adamw_update"]

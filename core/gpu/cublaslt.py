@@ -1,5 +1,6 @@
-"""Row-major GEMMs through raw cuBLASLt (nvmath-python's bindings): bf16 operands, fp32 accumulate,
-bf16 or fp32 output, optional bias/GELU/dGELU epilogues, strided batches. CuPy's own cuBLAS refuses
+"""Row-major GEMMs through raw cuBLASLt (nvmath-python's bindings): bf16 operands (or FP8 ones with their
+per-tensor scales, -f8 1), fp32 accumulate, bf16 or fp32 output, optional bias/GELU/dGELU epilogues, strided
+batches. CuPy's own cuBLAS refuses
 CUDA-graph capture; these calls are captured like any kernel. A plan (descriptors, layouts and the
 algorithm) is built once per shape and cached; pointers are set per call.
 
@@ -29,7 +30,7 @@ try:
 except ImportError as e:
     raise LlmcError("nvmath-python is not installed: pip install 'llmc[gpu]' (it provides cuBLASLt)") from e
 
-CUDA_R_32F, CUDA_R_16BF, COMPUTE_32F = 0, 14, 68
+CUDA_R_32F, CUDA_R_16BF, CUDA_R_8F_E4M3, CUDA_R_8F_E5M2, COMPUTE_32F = 0, 14, 28, 29, 68
 OP_N, OP_T = 0, 1
 WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
 CANDIDATES = 32  # heuristic's algorithms timed per shape
@@ -45,6 +46,11 @@ Config = lt.MatmulAlgoConfigAttribute
 CONFIG_FIELDS = (Config.ID, Config.TILE_ID, Config.STAGES_ID, Config.SPLITK_NUM, Config.REDUCTION_SCHEME,
                  Config.CTA_SWIZZLING, Config.CUSTOM_OPTION, Config.INNER_SHAPE_ID, Config.CLUSTER_SHAPE_ID)
 
+
+
+@functools.cache
+def _unit_scale():
+    return cp.ones(1, dtype=cp.float32)
 
 
 @functools.cache
@@ -114,6 +120,14 @@ class _Key:
     stride_b: int
     stride_d: int
     align: tuple  # pointer alignments of A, B, D (and bias/aux folded into D's)
+    a_type: int = CUDA_R_16BF
+    b_type: int = CUDA_R_16BF
+    fast_accum: bool = False  # FP8 only: Hopper's faster, less exact accumulation
+
+    def __repr__(self) -> str:
+        """The disk cache's key; a bf16 GEMM's is what it was before FP8 (its cached choices still apply)."""
+        fields = [f"{f}={getattr(self, f)!r}" for f in self.__dataclass_fields__]
+        return f"_Key({', '.join(fields if self.a_type != CUDA_R_16BF else fields[:-3])})"
 
 
 class _Plan:
@@ -127,12 +141,20 @@ class _Plan:
         _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.TRANSA, OP_T if k.trans_b else OP_N)
         _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.TRANSB, OP_T if k.trans_a else OP_N)
         _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.EPILOGUE, k.epilogue)
+        out_type = CUDA_R_32F if k.out_f32 else CUDA_R_16BF
         if k.aux_ld:
             _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.EPILOGUE_AUX_LD, k.aux_ld)
-        out_type = CUDA_R_32F if k.out_f32 else CUDA_R_16BF
+        if k.a_type != CUDA_R_16BF:  # FP8: the bias and GELU input stay in the output's bf16
+            _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.FAST_ACCUM, int(k.fast_accum))
+            # scaled from the start: the heuristic is asked about the GEMM the calls run (their own pointers later)
+            for attr in (lt.MatmulDescAttribute.A_SCALE_POINTER, lt.MatmulDescAttribute.B_SCALE_POINTER):
+                _set(lt.matmul_desc_set_attribute, self.desc, attr, _unit_scale().data.ptr)
+            _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.BIAS_DATA_TYPE, out_type)
+            if k.aux_ld:
+                _set(lt.matmul_desc_set_attribute, self.desc, lt.MatmulDescAttribute.EPILOGUE_AUX_DATA_TYPE, out_type)
         # column-major shapes (rows, cols) of the stored matrices
-        self.a = self._layout(CUDA_R_16BF, (k.K, k.N) if k.trans_b else (k.N, k.K), k.ldb, k.batch, k.stride_b)
-        self.b = self._layout(CUDA_R_16BF, (k.M, k.K) if k.trans_a else (k.K, k.M), k.lda, k.batch, k.stride_a)
+        self.a = self._layout(k.b_type, (k.K, k.N) if k.trans_b else (k.N, k.K), k.ldb, k.batch, k.stride_b)
+        self.b = self._layout(k.a_type, (k.M, k.K) if k.trans_a else (k.K, k.M), k.lda, k.batch, k.stride_a)
         self.d = self._layout(out_type, (k.N, k.M), k.ldd, k.batch, k.stride_d)
         pref = lt.matmul_preference_create()
         P = lt.MatmulPreferenceAttribute
@@ -183,8 +205,8 @@ class _Plan:
         out_type = CUDA_R_32F if self.key.out_f32 else CUDA_R_16BF
         algo = np.zeros(_ALGO_BYTES, dtype=np.uint8)
         try:
-            lt.matmul_algo_init(_handle(), COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, out_type, out_type,
-                                config[0], algo.ctypes.data)
+            lt.matmul_algo_init(_handle(), COMPUTE_32F, CUDA_R_32F, self.key.b_type, self.key.a_type, out_type,
+                                out_type, config[0], algo.ctypes.data)
             algo = _configured(algo, config)
         except (lt.cuBLASLtError, OverflowError):  # an id or a value this cuBLASLt lacks
             return None
@@ -211,6 +233,21 @@ class _Plan:
                 if self._valid(variant):
                     found.append(variant)
         return found
+
+    @staticmethod
+    def _runs(call) -> bool:
+        try:
+            call()
+        except lt.cuBLASLtError:
+            return False
+        return True
+
+    def fall_back(self) -> bool:
+        """After the chosen algorithm failed to run: take the heuristic's first instead (False if that was it)."""
+        if self.chosen is self.candidates[0]:
+            return False
+        self.chosen = self.candidates[0]
+        return True
 
     @staticmethod
     def _layout(dtype: int, shape: tuple[int, int], ld: int, batch: int, stride: int) -> int:
@@ -246,6 +283,8 @@ class _Plan:
             fastest = min(finalists)[2]
             config = _config(fastest)
             rebuilt = self._from_config(config)  # as later runs will build it from the disk cache
+            if rebuilt is not None and not self._runs(lambda: ms(rebuilt, 1)):
+                rebuilt = None  # accepted by cuBLASLt's check, refused when run
             if rebuilt is None:
                 self.chosen = fastest  # usable here, not from its configuration: not kept
             else:
@@ -275,10 +314,13 @@ def gemm(d: int, a: int, b: int, M: int, N: int, K: int, *, lda: int, ldb: int, 
          trans_a: bool = False, trans_b: bool = False, out_f32: bool = False, alpha: float = 1.0,
          beta: float = 0.0, c: int = 0, epilogue: int = Epilogue.DEFAULT, bias: int = 0, aux: int = 0,
          aux_ld: int = 0, batch: int = 1, stride_a: int = 0, stride_b: int = 0, stride_d: int = 0,
-         on=None) -> None:
+         a_type: int = CUDA_R_16BF, b_type: int = CUDA_R_16BF, a_scale: int = 0, b_scale: int = 0,
+         fast_accum: bool = False, on=None) -> None:
     """Row-major D (M, N) [ld ldd] = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, on device pointers;
     C is D unless c is given (laid out as D). op(A) = A^T when trans_a (A stored (K, M)), likewise B.
     bias (N) and aux (M, N) [ld aux_ld] serve the epilogue. Batches are strided by element counts.
+    FP8 operands (a_type, b_type CUDA_R_8F_E4M3 or _E5M2, not both E5M2) take only D = A @ B^T (trans_b,
+    cuBLASLt's "TN") and multiply the product by *a_scale * *b_scale (fp32 device pointers).
     `on`: the stream (default: the backend's); each stream has its own workspace, so GEMMs on two
     streams may run at once."""
     on = on or current().stream
@@ -287,8 +329,11 @@ def gemm(d: int, a: int, b: int, M: int, N: int, K: int, *, lda: int, ldb: int, 
     align = (_alignment(a | stride_a * 2), _alignment(b | stride_b * 2),
              min(_alignment(d | stride_d * d_bytes), _alignment(c), _alignment(bias), _alignment(aux)))
     key = _Key(M, N, K, trans_a, trans_b, lda, ldb, ldd, out_f32, int(epilogue), aux_ld, batch,
-               stride_a, stride_b, stride_d, align)
+               stride_a, stride_b, stride_d, align, a_type, b_type, fast_accum)
     plan = _plan(key)
+    if a_scale or b_scale:  # cuBLASLt's A is our B (module docstring)
+        _ptr_attr(plan, lt.MatmulDescAttribute.A_SCALE_POINTER, b_scale)
+        _ptr_attr(plan, lt.MatmulDescAttribute.B_SCALE_POINTER, a_scale)
     if bias:
         _ptr_attr(plan, lt.MatmulDescAttribute.BIAS_POINTER, bias)
     if aux:
@@ -297,5 +342,10 @@ def gemm(d: int, a: int, b: int, M: int, N: int, K: int, *, lda: int, ldb: int, 
     c = c or d
     if not plan.tuned and not on.is_capturing():
         plan._tune(alpha_ptr, a, b, beta_ptr, c, d, beta != 0.0 and c == d, workspace.data.ptr, on)
-    lt.matmul(_handle(), plan.desc, alpha_ptr, b, plan.a, a, plan.b, beta_ptr, c, plan.d, d, plan.d, plan.algo,
-              workspace.data.ptr, WORKSPACE_BYTES, on.ptr)
+    while True:
+        try:
+            return lt.matmul(_handle(), plan.desc, alpha_ptr, b, plan.a, a, plan.b, beta_ptr, c, plan.d, d, plan.d,
+                             plan.algo, workspace.data.ptr, WORKSPACE_BYTES, on.ptr)
+        except lt.cuBLASLtError as e:
+            if on.is_capturing() or not plan.fall_back():
+                raise LlmcError(f"cuBLASLt cannot run {key}: {e}") from e

@@ -75,7 +75,8 @@ def step_lines(lines: list[str], warmup: int) -> dict:
     return {"times": times[warmup:], "losses": [float(m.group(1)) for m in map(STEP_LOSS.match, lines) if m]}
 
 
-def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, recompute: int, gelu_fusion: int) -> dict:
+def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, recompute: int, gelu_fusion: int,
+               fp8: int = 0) -> dict:
     """train-gpu's own loop (llmc.core.train.Trainer) on random tokens: the step times it prints."""
     from llmc.core.backends import get_backend
     from llmc.core.train import Trainer
@@ -86,7 +87,7 @@ def bench_llmc(model: str, B: int, T: int, warmup: int, steps: int, recompute: i
         family, cfg = random_shards(tmp, model, B, T, warmup + steps)
         config = TrainConfig(train_data=f"{tmp}/train.bin", val_data=f"{tmp}/val.bin", model=model, B=B, T=T,
                              max_steps=warmup + steps, val_every=10 ** 9, val_max_steps=1, sample_every=0,
-                             gelu_fusion=gelu_fusion, recompute=recompute)
+                             gelu_fusion=gelu_fusion, recompute=recompute, fp8=fp8)
         gpu = get_backend("gpu")
         Trainer(config, gpu, out=lines.append).run()
         mem = gpu.memory_usage()[0] / 2 ** 20  # llm.c's measure: the device's used memory
@@ -112,7 +113,7 @@ def bench_llm_c(binary: str, model: str, B: int, T: int, warmup: int, steps: int
     return {"cfg": cfg, "family": family, "mem_mib": mem[-1] if mem else float("nan"), **step_lines(lines, warmup)}
 
 
-def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
+def profile_llmc(model: str, B: int, T: int, fp8: int = 0) -> list[tuple[str, float, int]]:
     """GPU milliseconds per primitive (and matmul shape) over one eager step, events around calls."""
     import cupy as cp
 
@@ -128,7 +129,8 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
         def call(*args, **kwargs):
             key = name
             if name.startswith("matmul"):
-                key = f"{name} {tuple(args[2 if name.endswith('forward') else 5].shape)}" + \
+                weight = args[2 if "forward" in name else 5 if name == "matmul_backward" else 7]
+                key = f"{name} {tuple(getattr(weight, 'data', weight).shape)}" + \
                       (" gelu" if kwargs.get("pre_gelu") is not None else "")
             start, end = cp.cuda.Event(), cp.cuda.Event()
             start.record(gpu.runtime.current().stream)
@@ -139,10 +141,10 @@ def profile_llmc(model: str, B: int, T: int) -> list[tuple[str, float, int]]:
 
     proxy = SimpleNamespace(**{n: getattr(gpu, n) for n in gpu.__all__})
     for n in gpu.__all__:
-        if n.endswith(("_forward", "_backward", "_update", "_squared", "crossentropy")):
+        if n.endswith(("_forward", "_backward", "_update", "_squared", "crossentropy", "_fp8")):
             setattr(proxy, n, timed(n, getattr(gpu, n)))
     family, cfg, params = families.load(model)
-    net = family.Model(cfg, proxy, params, B, T)
+    net = family.Model(cfg, proxy, params, B, T, fp8=bool(fp8))
     x, y = batches(cfg, B, T, 1)[0]
     net.set_batch(x, y)
     for repeat in range(2):  # the first compiles and plans
@@ -172,6 +174,14 @@ def torch_gpt2(cfg, params: np.ndarray, device: str):
     L, C, NH, V = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.vocab_size
     tensors = {name: torch.from_numpy(np.ascontiguousarray(t)) for name, t in views(params, param_shapes(cfg)).items()}
 
+    def linear(l: int, name: str) -> nn.Linear:  # a module, as torchao's float8 conversion finds them
+        weight = tensors[name + "w"][l]
+        module = nn.Linear(weight.shape[1], weight.shape[0], device=device)
+        with torch.no_grad():
+            module.weight.copy_(weight)
+            module.bias.copy_(tensors[name + "b"][l])
+        return module
+
     class Reference(nn.Module):
         def __init__(self):
             super().__init__()
@@ -180,9 +190,10 @@ def torch_gpt2(cfg, params: np.ndarray, device: str):
             self.layers = nn.ModuleList()
             for l in range(L):
                 layer = nn.Module()
-                for name in ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
-                             "fcw", "fcb", "fcprojw", "fcprojb"):
+                for name in ("ln1w", "ln1b", "ln2w", "ln2b"):
                     setattr(layer, name, p(tensors[name][l]))
+                for name in ("qkv", "attproj", "fc", "fcproj"):
+                    setattr(layer, name, linear(l, name))
                 self.layers.append(layer)
             self.lnfw, self.lnfb = p(tensors["lnfw"]), p(tensors["lnfb"])
 
@@ -191,11 +202,11 @@ def torch_gpt2(cfg, params: np.ndarray, device: str):
             x = self.wte[idx] + self.wpe[:Tt]
             for m in self.layers:
                 h = F.layer_norm(x, (C,), m.ln1w, m.ln1b, 1e-5)
-                q, k, v = F.linear(h, m.qkvw, m.qkvb).view(Bt, Tt, 3, NH, C // NH).permute(2, 0, 3, 1, 4)
+                q, k, v = m.qkv(h).view(Bt, Tt, 3, NH, C // NH).permute(2, 0, 3, 1, 4)
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(Bt, Tt, C)
-                x = x + F.linear(y, m.attprojw, m.attprojb)
+                x = x + m.attproj(y)
                 h = F.layer_norm(x, (C,), m.ln2w, m.ln2b, 1e-5)
-                x = x + F.linear(F.gelu(F.linear(h, m.fcw, m.fcb), approximate="tanh"), m.fcprojw, m.fcprojb)
+                x = x + m.fcproj(F.gelu(m.fc(h), approximate="tanh"))
             logits = F.linear(F.layer_norm(x, (C,), self.lnfw, self.lnfb, 1e-5), self.wte)
             return F.cross_entropy(logits[..., :V].float().view(-1, V), targets.view(-1))
 
@@ -230,10 +241,13 @@ def torch_llama3(cfg, params: np.ndarray, device: str):
 
 
 TORCH_REFERENCES = {"gpt2": torch_gpt2, "llama3": torch_llama3}
-SIDES = ("llmc", "torch", "llm.c")
+# -fp8: llmc's -f8 1; PyTorch's FP8 is torchao's float8 training with tensorwise scaling (the recipe -f8 1
+# follows) on the blocks' linear layers, the output head left in bf16 as llmc's
+SIDES = ("llmc", "llmc-fp8", "torch", "torch-fp8", "llm.c")
+RATIOS = (("llmc", "torch"), ("llmc", "llm.c"), ("llmc-fp8", "llmc"), ("llmc-fp8", "torch-fp8"))
 
 
-def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
+def bench_torch(model: str, B: int, T: int, warmup: int, steps: int, fp8: bool = False) -> dict:
     import torch
 
     from llmc.core import families
@@ -242,6 +256,11 @@ def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     net = TORCH_REFERENCES[family.name](cfg, params, "cuda")
     del params
+    if fp8:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+        convert_to_float8_training(net, config=Float8LinearConfig.from_recipe_name("tensorwise"),
+                                   module_filter_fn=lambda module, fqn: fqn.startswith(("layers.", "model.layers.")))
     opt = torch.optim.AdamW(net.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True)
     compiled = torch.compile(net)
     data = [tuple(torch.from_numpy(a).long() for a in xy) for xy in batches(cfg, B, T, 4)]
@@ -265,20 +284,20 @@ def bench_torch(model: str, B: int, T: int, warmup: int, steps: int) -> dict:
 
 def child(args) -> None:
     B, common = args.b[0], (args.e, args.b[0], args.t, args.warmup, args.steps)
-    if args.child == "llmc":
-        r = bench_llmc(*common, args.r, args.ge)
+    if args.child in ("llmc", "llmc-fp8"):
+        r = bench_llmc(*common, args.r, args.ge, fp8=int(args.child == "llmc-fp8"))
     elif args.child == "llm.c":
         r = bench_llm_c(args.llm_c, *common, args.r, args.ge)
     else:
-        r = bench_torch(*common)
+        r = bench_torch(*common, fp8=args.child == "torch-fp8")
     dt = float(np.median(r["times"]))
     tok_s = B * args.t / dt
     out = {"ms": dt * 1e3, "mean_ms": float(np.mean(r["times"])) * 1e3, "tok_s": tok_s,
            "flops_per_s": tok_s * r["family"].flops_per_token(r["cfg"], args.t),
            "mem_mib": r["mem_mib"], "first_loss": r["losses"][0], "last_loss": r["losses"][-1],
            "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3}
-    if args.profile and args.child == "llmc":
-        out["profile"] = profile_llmc(args.e, B, args.t)
+    if args.profile and args.child in ("llmc", "llmc-fp8"):
+        out["profile"] = profile_llmc(args.e, B, args.t, fp8=int(args.child == "llmc-fp8"))
     print(json.dumps(out))
 
 
@@ -327,7 +346,7 @@ def main() -> None:
             results[which] = json.loads(proc.stdout.strip().splitlines()[-1])
             r = results[which]
             r["mfu"] = r["flops_per_s"] / promised if promised > 0 else -1.0  # llm.c's -100% when unknown
-            print(f"{which:5s} B={B:3d}: {r['ms']:8.2f} ms/step {r['tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
+            print(f"{which:9s} B={B:3d}: {r['ms']:8.2f} ms/step {r['tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
                   f"mem {r['mem_mib'] / 1024:5.2f} GiB  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
                   f"(mean {r['mean_ms']:.2f} ms, spread {r['spread_ms']:.2f} ms)", flush=True)
             for key, ms, n in r.get("profile", []):
@@ -335,18 +354,18 @@ def main() -> None:
         rows.append((B, results))
     print(f"\n{args.e}, T={args.t}, -r {args.r} (PyTorch: no recompute), {device}; "
           f"median of {args.steps} steps after {args.warmup}")
-    others = [s for s in sides if s != "llmc"]
+    ratios = [(a, b) for a, b in RATIOS if a in sides and b in sides]
     print("| B | " + " | ".join(f"{s} ms/step | {s} tok/s | {s} MFU | {s} mem GiB" for s in sides) + " | " +
-          " | ".join(f"llmc/{s}" for s in others) + " |")
-    print("|---" * (1 + 4 * len(sides) + len(others)) + "|")
+          " | ".join(f"{a}/{b}" for a, b in ratios) + " |")
+    print("|---" * (1 + 4 * len(sides) + len(ratios)) + "|")
     for B, res in rows:
         cells = []
         for which in sides:
             r = res.get(which)
             cells += ["-"] * 4 if r is None else [f"{r['ms']:.2f}", f"{r['tok_s']:.0f}", f"{100 * r['mfu']:.1f}%",
                                                   f"{r['mem_mib'] / 1024:.2f}"]
-        cells += [f"{res['llmc']['tok_s'] / res[s]['tok_s']:.2f}x" if res.get("llmc") and res.get(s) else "-"
-                  for s in others]
+        cells += [f"{res[a]['tok_s'] / res[b]['tok_s']:.2f}x" if res.get(a) and res.get(b) else "-"
+                  for a, b in ratios]
         print(f"| {B} | " + " | ".join(cells) + " |")
 
 

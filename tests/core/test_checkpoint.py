@@ -55,6 +55,7 @@ def train(cfg: TrainConfig, stop_at: int | None = None, backend=cpu):
 @pytest.mark.parametrize("extra", [
     dict(max_steps=300, total_batch=128, skip_loss_z=1.0, skip_grad_z=1.0),  # accumulation; z-skips after 128 steps
     dict(max_steps=16, overfit_single_batch=1),  # unshuffled loader
+    dict(max_steps=16, fp8=1),  # FP8 layers: their scales come from each step's own tensors
 ])
 def test_resume_is_bit_exact(data, tmp_path, extra):
     n = extra["max_steps"]

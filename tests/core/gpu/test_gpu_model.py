@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("cupy")
-from llmc.tests.core.gpu.util import assert_close, cpu, gpu  # noqa: E402
+from llmc.tests.core.gpu.util import assert_close, cpu, gpu, graph_steps  # noqa: E402
 
 from llmc.core.config import GPTConfig  # noqa: E402
 from llmc.core.init import random_init  # noqa: E402
 from llmc.core.model import GPT  # noqa: E402
-from llmc.core.primitives import AdamW  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -36,17 +35,7 @@ def test_gpu_model_matches_cpu(recompute, gelu_fusion):
     for name in ref.g:
         assert_close(gpu.to_host(got.g[name]), ref.g[name], 5e-2, f"grad {name}")
 
-    losses = {}
-    for name, model in models.items():
-        step = model.backend.graph(lambda m=model: (m.forward(dloss=1.0 / (B * T)), m.backward()))
-        losses[name] = []
-        for i in range(6):
-            model.zero_grad()
-            step()
-            losses[name].append(model.mean_loss())
-            model.compute_grad_norm()
-            norm = model.grad_norm()
-            model.update(AdamW(lr=1e-3), step=i + 1, grad_scale=1.0 / max(norm, 1.0), seed=i)
+    losses = {name: graph_steps(model, 6)[0] for name, model in models.items()}
     np.testing.assert_allclose(losses["gpu"], losses["cpu"], atol=2e-2)
     assert losses["gpu"][-1] < losses["gpu"][0] - 0.1  # it trains
 

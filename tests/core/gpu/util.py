@@ -43,3 +43,23 @@ def assert_close(got: np.ndarray, want: np.ndarray, rel: float, what: str = "") 
     assert np.isfinite(got).all(), f"{what}: non-finite values"
     err = np.linalg.norm((got - want).ravel()) / max(np.linalg.norm(want.ravel()), 1e-30)
     assert err < rel, f"{what}: relative error {err:.2e} >= {rel:.0e}"
+
+
+def graph_steps(model, steps: int) -> tuple[list[float], dict]:
+    """`steps` AdamW steps (lr 1e-3, clipped to norm 1) of a model holding a batch, its forward/backward as
+    the backend's graph; (the losses, the first step's gradients on the host)."""
+    from llmc.core.primitives import AdamW
+
+    B, T = model.B, model.T
+    step = model.backend.graph(lambda: (model.forward(dloss=1.0 / (B * T)), model.backward()))
+    losses, first_grads = [], None
+    for i in range(steps):
+        model.zero_grad()
+        step()
+        losses.append(model.mean_loss())
+        if first_grads is None:
+            first_grads = {k: model.backend.to_host(v) for k, v in model.g.items()}
+        model.compute_grad_norm()
+        norm = model.grad_norm()
+        model.update(AdamW(lr=1e-3), step=i + 1, grad_scale=1.0 / max(norm, 1.0), seed=i)
+    return losses, first_grads

@@ -1,0 +1,108 @@
+"""The transformer blocks' four linear layers (qkv, attention projection, fc, fc projection), as both model
+families call them: in the backend's precision (Linears), or in FP8 (Fp8Linears, -f8 1). The output head,
+attention, the norms and the optimizer are the model's, in bf16/fp32 either way.
+
+FP8's recipe is per-tensor current scaling (torchao's "tensorwise" float8 training; Transformer Engine's
+HYBRID formats): every operand is scaled by FMT_MAX / amax(operand) as it is cast, so no scale outlives its
+step (nothing to checkpoint: a resumed run casts exactly as the uninterrupted one). Forward operands are
+E4M3 (3 mantissa bits), gradients E5M2 (the range they need); products accumulate in fp32 and leave as bf16
+through the bf16 path's epilogues. The forward keeps each layer input transposed in FP8 for its weight
+gradient (1 byte an element where the bf16 path keeps 2), except inputs recompute (-r) makes again in the
+backward, which are cast again there. A layer whose dimensions are not multiples of 16 (cuBLASLt's FP8
+alignment) stays bf16.
+"""
+
+from types import ModuleType
+
+import numpy as np
+
+from llmc.core.primitives import Fp8
+
+NAMES = ("qkv", "attproj", "fc", "fcproj")  # the weights' names in both families' parameters are NAME + "w"
+
+
+class Linears:
+    """The linear layers in the backend's own precision: matmul_forward / matmul_backward as they are."""
+
+    def __init__(self, backend: ModuleType):
+        self.ops = backend
+
+    def keeps_input(self, name: str) -> bool:
+        """Whether the layer keeps its own copy of each layer's input for the backward (the model then
+        needs its input only while the forward computes it)."""
+        return False
+
+    def prepare(self, params: dict) -> None:
+        """Before each forward, from the current parameters (named views)."""
+
+    def forward(self, name: str, l: int, out, inp, weight, bias, pre_gelu=None, residual=None) -> None:
+        self.ops.matmul_forward(out, inp, weight, bias, pre_gelu=pre_gelu, residual=residual)
+
+    def backward(self, name: str, l: int, dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> None:
+        self.ops.matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=pre_gelu)
+
+
+class Fp8Linears(Linears):
+    """The linear layers in FP8. Buffers: each weight and its transpose in E4M3 per layer (cast from the
+    parameters before every forward), each kept layer input transposed (C, N), and one layer's forward input
+    and gradient (and its transpose) at a time; a (1,) fp32 scale_inv beside each."""
+
+    def __init__(self, backend: ModuleType, shapes: dict[str, tuple[int, ...]], N: int, recompute: int):
+        super().__init__(backend)
+        xp, u8, f32 = backend.xp, np.uint8, np.float32
+        dims = {name: shapes[name + "w"] for name in NAMES}  # (L, OC, C)
+        self.fp8 = {name for name, (_, OC, C) in dims.items() if N % 16 == 0 and OC % 16 == 0 and C % 16 == 0}
+        recomputed = ({"fcproj"} if recompute >= 1 else set()) | ({"qkv", "fc"} if recompute >= 2 else set())
+        self.kept = self.fp8 - recomputed
+        self.w = {n: xp.zeros(dims[n], u8) for n in self.fp8}  # (L, OC, C)
+        self.w_t = {n: xp.zeros((L, C, OC), u8) for n, (L, OC, C) in dims.items() if n in self.fp8}
+        self.w_scale_inv = {n: xp.zeros((dims[n][0], 1), f32) for n in self.fp8}
+        self.x_t = {n: xp.zeros((L if n in self.kept else 1, C, N), u8) for n, (L, OC, C) in dims.items()
+                    if n in self.fp8}  # (L or 1, C, N)
+        self.x_scale_inv = {n: xp.zeros((len(self.x_t[n]), 1), f32) for n in self.fp8}
+        widest_in = max((dims[n][2] for n in self.fp8), default=0)
+        widest_out = max((dims[n][1] for n in self.fp8), default=0)
+        self.x8, self.x8_scale_inv = xp.zeros(N * widest_in, u8), xp.zeros(1, f32)
+        self.d8, self.d8_t, self.d8_scale_inv = xp.zeros(N * widest_out, u8), xp.zeros(N * widest_out, u8), xp.zeros(1, f32)
+
+    def keeps_input(self, name: str) -> bool:
+        return name in self.kept
+
+    def prepare(self, params: dict) -> None:
+        for n in self.fp8:
+            for l in range(len(self.w[n])):
+                self.ops.quantize_fp8(self.w[n][l], self.w_t[n][l], self.w_scale_inv[n][l], params[n + "w"][l])
+
+    def _input_t(self, name: str, l: int) -> Fp8:
+        i = l if name in self.kept else 0
+        return Fp8(self.x_t[name][i], self.x_scale_inv[name][i])
+
+    def forward(self, name: str, l: int, out, inp, weight, bias, pre_gelu=None, residual=None) -> None:
+        if name not in self.fp8:
+            return super().forward(name, l, out, inp, weight, bias, pre_gelu, residual)
+        C = inp.shape[-1]
+        x8 = self.x8[: inp.size].reshape(-1, C)
+        # the transpose is kept for the backward's weight gradient; a recomputed input is cast again there
+        x_t = self._input_t(name, l)
+        self.ops.quantize_fp8(x8, x_t.data if name in self.kept else None, x_t.scale_inv, inp)
+        self.ops.matmul_forward_fp8(out, Fp8(x8, x_t.scale_inv), Fp8(self.w[name][l], self.w_scale_inv[name][l]),
+                                    bias, pre_gelu=pre_gelu, residual=residual)
+
+    def backward(self, name: str, l: int, dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> None:
+        if name not in self.fp8:
+            return super().backward(name, l, dinp, dweight, dbias, dout, inp, weight, pre_gelu)
+        OC = dout.shape[-1]
+        d8, d8_t = self.d8[: dout.size].reshape(-1, OC), self.d8_t[: dout.size].reshape(OC, -1)
+        self.ops.quantize_fp8(d8, d8_t, self.d8_scale_inv, dout, e5m2=True)
+        x_t = self._input_t(name, l)
+        if name not in self.kept:  # recomputed by the model: cast it again, transposed
+            self.ops.quantize_fp8(None, x_t.data, x_t.scale_inv, inp)
+        self.ops.matmul_backward_fp8(dinp, dweight, dbias, dout, Fp8(d8, self.d8_scale_inv),
+                                     Fp8(d8_t, self.d8_scale_inv), x_t,
+                                     Fp8(self.w_t[name][l], self.w_scale_inv[name][l]), pre_gelu=pre_gelu)
+
+
+def make_linears(backend: ModuleType, fp8: bool, shapes: dict[str, tuple[int, ...]], N: int,
+                 recompute: int) -> Linears:
+    """The linear layers of a model with parameter shapes `shapes` at N = B*T positions."""
+    return Fp8Linears(backend, shapes, N, recompute) if fp8 else Linears(backend)
