@@ -28,11 +28,13 @@ bench-cpu:
 # LLM_C=path/to/train_gpt2cu runs llm.c in the same command (how to build it: tests/bench/bench_gpu.py)
 BENCH_GPU = $(PYTHON) -m tests.bench.bench_gpu $(if $(LLM_C),--llm-c $(LLM_C))
 
-# GPT-2 124M (d12), 350M (d24) and 1.5B (d48, recomputing the GELU as llm.c's default -r 1)
+# GPT-2 124M (d12), 350M (d24) and 1.5B (d48, recomputing the GELU as llm.c's default -r 1); d12 and d48 in
+# bf16 and FP8 (-f8 1) beside PyTorch's bf16 and torchao's FP8
+WITH_FP8 = --sides llmc llmc-fp8 torch torch-fp8 $(if $(LLM_C),llm.c)
 bench-gpu:
-	$(BENCH_GPU) -e d12 -b 16 64
+	$(BENCH_GPU) -e d12 -b 16 64 $(WITH_FP8)
 	$(BENCH_GPU) -e d24 -b 16
-	$(BENCH_GPU) -e d48 -b 8 -r 1
+	$(BENCH_GPU) -e d48 -b 8 -r 1 $(WITH_FP8)
 
 # Llama-3.2-1B's shape (L16, C2048, 32 heads, 8 KV heads, SwiGLU 8192, V 128256) at T=2048
 bench-gpu-llama:

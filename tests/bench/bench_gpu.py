@@ -12,6 +12,8 @@ training loop that logs every step). Medians over the measured steps (means prin
 configuration runs in its own child process; peak memory is the device's used memory (total - free,
 llm.c's measure, CUDA context included) after the steps.
 `--profile` adds llmc's per-primitive GPU time (CUDA events around each eager call).
+`--sides llmc llmc-fp8 torch torch-fp8` (make bench-gpu's d12 and d48) adds llmc's -f8 1 and torchao's float8
+training with tensorwise scaling on the reference's block linears (the output head stays bf16 on both).
 `-e` takes any model llmc trains: `make bench-gpu-llama` runs Llama-3.2-1B's shape, whose reference is
 transformers' LlamaForCausalLM (SDPA, grouped key/value heads) holding the same weights, under the same
 torch.compile, bf16 autocast and fused AdamW (TORCH_REFERENCES: one reference per model family).
