@@ -33,7 +33,7 @@ class Linears:
         return False
 
     def prepare(self, params: dict) -> None:
-        """Before each forward, from the current parameters (named views)."""
+        """From the parameters (named views), whenever the model has changed them (made, updated, restored)."""
 
     def forward(self, name: str, l: int, out, inp, weight, bias, pre_gelu=None, residual=None) -> None:
         self.ops.matmul_forward(out, inp, weight, bias, pre_gelu=pre_gelu, residual=residual)
@@ -43,9 +43,9 @@ class Linears:
 
 
 class Fp8Linears(Linears):
-    """The linear layers in FP8. Buffers: each weight and its transpose in E4M3 per layer (cast from the
-    parameters before every forward), each kept layer input transposed (C, N), and one layer's forward input
-    and gradient (and its transpose) at a time; a (1,) fp32 scale_inv beside each."""
+    """The linear layers in FP8. Buffers: each weight and its transpose in E4M3 per layer (cast once for all
+    layers whenever the parameters change, not at every micro-step), each kept layer input transposed (C, N),
+    and one layer's forward input and gradient (and its transpose) at a time; a (1,) fp32 scale_inv beside each."""
 
     def __init__(self, backend: ModuleType, shapes: dict[str, tuple[int, ...]], N: int, recompute: int):
         super().__init__(backend)
@@ -69,9 +69,8 @@ class Fp8Linears(Linears):
         return name in self.kept
 
     def prepare(self, params: dict) -> None:
-        for n in self.fp8:
-            for l in range(len(self.w[n])):
-                self.ops.quantize_fp8(self.w[n][l], self.w_t[n][l], self.w_scale_inv[n][l], params[n + "w"][l])
+        for n in self.fp8:  # every layer's weight at once, each with its own scale
+            self.ops.quantize_fp8(self.w[n], self.w_t[n], self.w_scale_inv[n], params[n + "w"])
 
     def _input_t(self, name: str, l: int) -> Fp8:
         i = l if name in self.kept else 0

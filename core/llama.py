@@ -98,7 +98,6 @@ class Llama(FlatModel):
         replaced by dlogits ready for backward (the fused classifier)."""
         ops, lin, p, a, cfg = self.backend, self.linears, self.p, self.acts, self.cfg
         L, NH, NKV, eps = cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.norm_eps
-        lin.prepare(p)
         ops.encoder_forward(a["encoded"], self.inputs, p["wte"], None)  # no wpe: RoPE places the tokens
         ops.rmsnorm_forward(self._kept("ln1", 0), a["ln1_rstd"][0], a["encoded"], p["ln1w"][0], eps)
         for l in range(L):

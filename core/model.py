@@ -60,7 +60,6 @@ class GPT(FlatModel):
         replaced by dlogits ready for backward (the fused classifier)."""
         ops, lin, p, a, cfg = self.backend, self.linears, self.p, self.acts, self.cfg
         L, NH = cfg.num_layers, cfg.num_heads
-        lin.prepare(p)
         ops.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"])
         ops.layernorm_forward(self._kept("ln1", 0), a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"], p["ln1w"][0], p["ln1b"][0])
         for l in range(L):
