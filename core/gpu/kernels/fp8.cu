@@ -42,19 +42,28 @@ __device__ __forceinline__ void cast_transpose(unsigned char* out, unsigned char
     if (out) out += offset;
     if (out_t) out_t += offset;
     partial += blockIdx.z * parts;
+    // the tile's packs are loaded first, so their reads are in flight while the block reduces the partials
+    const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
+    pack_t raw[2];
+    bool inside[2];
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int r = threadIdx.x / TILE_PACKS + half * (256 / TILE_PACKS), c = (threadIdx.x % TILE_PACKS) * 8;
+        inside[half] = r0 + r < R && c0 + c < K;
+        if (inside[half]) raw[half] = load_raw_cs(inp + (long)(r0 + r) * K + c0 + c);
+    }
     float amax = 0.0f;
     for (int i = threadIdx.x; i < parts; i += blockDim.x) amax = fmaxf(amax, partial[i]);
     amax = fmaxf(block_max(amax, shared), AMAX_FLOOR);
     const float scale = fmt_max<FMT>() / amax;
     if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) scale_inv[blockIdx.z] = 1.0f / scale;
 
-    const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
 #pragma unroll
     for (int half = 0; half < 2; half++) {
         int r = threadIdx.x / TILE_PACKS + half * (256 / TILE_PACKS), c = (threadIdx.x % TILE_PACKS) * 8;
-        if (r0 + r >= R || c0 + c >= K) continue;
+        if (!inside[half]) continue;
         float x[PACK];
-        load_bf16(x, inp + (long)(r0 + r) * K + c0 + c);
+        unpack_bf16(x, raw[half]);
         uint2 bits;
         unsigned short* pairs = reinterpret_cast<unsigned short*>(&bits);
 #pragma unroll
