@@ -12,7 +12,10 @@ import click
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--steps", type=click.IntRange(min=0), default=10, show_default=True,
               help="AdamW steps whose losses (and Llama 3's grad norms) are checked")
-def command(model_path: str, state_path: str, device: str, steps: int) -> None:
+@click.option("-f8", "--fp8", type=click.IntRange(0, 1), default=0, show_default=True,
+              help="the blocks' linear layers in FP8, as train -f8 1, against tolerances derived from E4M3's and "
+                   "E5M2's rounding (core/check.py)")
+def command(model_path: str, state_path: str, device: str, steps: int, fp8: int) -> None:
     """Check a backend against a reference debug state: logits, loss, every gradient, step losses.
 
     Example: llmc test -m gpt2_124M.bin -s gpt2_124M_debug_state.bin
@@ -20,5 +23,5 @@ def command(model_path: str, state_path: str, device: str, steps: int) -> None:
     from llmc.core.backends import get_backend
     from llmc.core.check import check
 
-    if not check(model_path, state_path, get_backend(device), steps, out=click.echo):
+    if not check(model_path, state_path, get_backend(device), steps, out=click.echo, fp8=bool(fp8)):
         raise SystemExit(1)
