@@ -1,7 +1,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: install test test-gpu demo bench bench-cpu bench-gpu bench-gpu-llama bench-multigpu clean
+.PHONY: install test test-gpu demo bench bench-cpu bench-gpu bench-gpu-llama bench-gpu-fp8-quality bench-multigpu clean
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -39,6 +39,10 @@ bench-gpu:
 # Llama-3.2-1B's shape (L16, C2048, 32 heads, 8 KV heads, SwiGLU 8192, V 128256) at T=2048
 bench-gpu-llama:
 	$(PYTHON) -m tests.bench.bench_gpu -e llama3.2-1b -t 2048 -b 8 16
+
+# FP8's losses against bf16's: d12 T=1024, 600 steps of llm.c's 124M schedule shape, also with -w 0
+bench-gpu-fp8-quality:
+	$(PYTHON) -m tests.bench.fp8_quality --steps 600
 
 # 1, 2, 4, 8 GPUs (as many as the machine has), -z 0 and -z 1; d48 also checks the losses against 1 GPU
 bench-multigpu:

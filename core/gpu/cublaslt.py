@@ -179,6 +179,7 @@ class _Plan:
             raise LlmcError(f"cuBLASLt has no algorithm for {k}")
         self.tuned = 2 * k.M * k.N * k.K * k.batch < TUNE_MIN_FLOP
         self.chosen = self.candidates[0]
+        self.untried = list(self.candidates)  # what fall_back may still take
         cached = None if self.tuned else _cached_config(k)
         if cached is not None and (algo := self._from_config(cached)) is not None:
             self.chosen, self.tuned = algo, True
@@ -243,10 +244,11 @@ class _Plan:
         return True
 
     def fall_back(self) -> bool:
-        """After the chosen algorithm failed to run: take the heuristic's first instead (False if that was it)."""
-        if self.chosen is self.candidates[0]:
+        """After the chosen algorithm failed to run: the heuristic's next candidate (False when none is left)."""
+        self.untried = [a for a in self.untried if a is not self.chosen]
+        if not self.untried:
             return False
-        self.chosen = self.candidates[0]
+        self.chosen = self.untried[0]
         return True
 
     @staticmethod

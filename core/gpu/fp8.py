@@ -15,27 +15,31 @@ from llmc.core.errors import LlmcError
 
 from llmc.core.gpu.cublaslt import CUDA_R_8F_E4M3, CUDA_R_8F_E5M2, Epilogue, gemm
 from llmc.core.gpu.gelu import gelu_backward, gelu_forward
-from llmc.core.gpu.matmul import bias_backward
+from llmc.core.gpu.matmul import add_bias, bias_backward
 from llmc.core.gpu.runtime import BF16, beside, cdiv, check, check_arrays, current, launch, ptr, rows, \
     scratch, settle
 from llmc.core.primitives import Fp8
 
 TILE = 64  # kernels/fp8.cu's cast tile
 AMAX_THREADS = 256
-_unfused: set[tuple] = set()  # (epilogue, M, N, K) cuBLASLt has no FP8 kernel for: plain GEMM and a kernel after
+# the forward's ways, best first: (epilogues fused into the GEMM, fast accumulation); where cuBLASLt has no
+# FP8 kernel for one at a shape, the next (unfused: a plain GEMM, then matmul.py's bias and gelu.py's kernels)
+FORWARD_WAYS = ((True, True), (True, False), (False, True), (False, False))
+_way: dict[tuple, int] = {}  # per call shape: the first way that ran (learnt at its first, eager call)
 
 
-def _with_epilogue(fused: Callable[[], None], unfused: Callable[[], None], key: tuple) -> None:
-    """fused() where cuBLASLt has an FP8 kernel with that epilogue (learnt at a shape's first, eager call),
-    else unfused()."""
-    if key not in _unfused:
+def _first_that_runs(key: tuple, ways: tuple, run: Callable) -> None:
+    if key in _way:
+        return run(*ways[_way[key]])
+    for i, way in enumerate(ways):
         try:
-            return fused()
+            run(*way)
         except LlmcError:
-            if current().stream.is_capturing():
+            if current().stream.is_capturing() or i + 1 == len(ways):
                 raise
-            _unfused.add(key)
-    unfused()
+            continue
+        _way[key] = i
+        return
 
 
 def _check_fp8(op: str, *tensors: Fp8) -> None:
@@ -77,22 +81,27 @@ def matmul_forward_fp8(out, inp, weight, bias, pre_gelu=None, residual=None) -> 
     check(residual is None or pre_gelu is None, "matmul_forward_fp8: a residual cannot follow the GELU")
     settle(reads=(inp.data, weight.data, inp.scale_inv, weight.scale_inv, bias, residual), writes=(out, pre_gelu))
 
-    def product(target, with_gelu: bool) -> None:
-        if with_gelu:
+    def product(fused: bool, fast: bool) -> None:
+        if not fused:
+            epilogue = Epilogue.DEFAULT
+        elif pre_gelu is not None:
             epilogue = Epilogue.GELU_AUX_BIAS if bias is not None else Epilogue.GELU_AUX
         else:
             epilogue = Epilogue.BIAS if bias is not None else Epilogue.DEFAULT
+        target = out if pre_gelu is None or fused else pre_gelu  # unfused, the GELU kernel reads pre_gelu
         gemm(target.data.ptr, inp.data.data.ptr, weight.data.data.ptr, N, OC, C, lda=C, ldb=C, ldd=OC, trans_b=True,
              a_type=CUDA_R_8F_E4M3, b_type=CUDA_R_8F_E4M3, a_scale=inp.scale_inv.data.ptr,
-             b_scale=weight.scale_inv.data.ptr, fast_accum=True, epilogue=epilogue,
-             bias=0 if bias is None else bias.data.ptr, aux=pre_gelu.data.ptr if with_gelu else 0,
-             aux_ld=OC if with_gelu else 0,
+             b_scale=weight.scale_inv.data.ptr, fast_accum=fast, epilogue=epilogue,
+             bias=bias.data.ptr if bias is not None and fused else 0,
+             aux=pre_gelu.data.ptr if pre_gelu is not None and fused else 0,
+             aux_ld=OC if pre_gelu is not None and fused else 0,
              beta=0.0 if residual is None else 1.0, c=0 if residual is None else residual.data.ptr)
+        if not fused and bias is not None:
+            add_bias(target, bias)
+        if not fused and pre_gelu is not None:
+            gelu_forward(out, pre_gelu)
 
-    if pre_gelu is None:
-        return product(out, False)
-    _with_epilogue(lambda: product(out, True), lambda: (product(pre_gelu, False), gelu_forward(out, pre_gelu)),
-                   ("gelu", N, OC, C))
+    _first_that_runs(("forward", N, OC, C, bias is None, pre_gelu is None, residual is None), FORWARD_WAYS, product)
 
 
 def matmul_backward_fp8(dinp, dweight, dbias, dout, dout8, dout8_t, inp_t, weight_t, pre_gelu=None) -> None:
@@ -118,7 +127,11 @@ def matmul_backward_fp8(dinp, dweight, dbias, dout, dout8, dout8_t, inp_t, weigh
              b_scale=weight_t.scale_inv.data.ptr, epilogue=Epilogue.DGELU if with_dgelu else Epilogue.DEFAULT,
              aux=pre_gelu.data.ptr if with_dgelu else 0, aux_ld=C if with_dgelu else 0)
 
+    def with_dgelu(fused: bool) -> None:
+        input_gradient(fused)
+        if not fused:
+            gelu_backward(dinp, pre_gelu, dinp)
+
     if pre_gelu is None:
         return input_gradient(False)
-    _with_epilogue(lambda: input_gradient(True), lambda: (input_gradient(False), gelu_backward(dinp, pre_gelu, dinp)),
-                   ("dgelu", N, C, OC))
+    _first_that_runs(("dgelu", N, C, OC), ((True,), (False,)), with_dgelu)

@@ -70,10 +70,7 @@ def matmul_forward(out, inp, weight, bias, pre_gelu=None, residual=None) -> None
         with_cublaslt()
     if not fused:
         if bias is not None:
-            pack = pack_width(OC, product, bias)
-            packs = product.size // pack
-            launch("matmul", "bias_forward", cdiv(packs, 256), 256, (product, bias, np.int64(packs), np.int32(OC)),
-                   pack=pack)
+            add_bias(product, bias)
         if pre_gelu is not None:
             gelu_forward(out, pre_gelu)
 
@@ -97,6 +94,14 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> N
          aux=pre_gelu.data.ptr if fused else 0, aux_ld=C if fused else 0)
     if pre_gelu is not None and not fused:
         gelu_backward(dinp, pre_gelu, dinp)
+
+
+def add_bias(out, bias) -> None:
+    """out (N, OC) += bias (OC), for a GEMM whose bias epilogue cuBLASLt does not take."""
+    OC = bias.shape[0]
+    pack = pack_width(OC, out, bias)
+    packs = out.size // pack
+    launch("matmul", "bias_forward", cdiv(packs, 256), 256, (out, bias, np.int64(packs), np.int32(OC)), pack=pack)
 
 
 def bias_backward(dbias, dout, N: int, OC: int, on=None) -> None:
