@@ -29,8 +29,8 @@ def views(flat, shapes: dict[str, tuple[int, ...]]) -> dict:
 
 class FlatModel:
     """A training model's flat parameters, gradients and AdamW state on a backend, sharded over the
-    processes with ZeRO-1, and the blocks' linear layers (core/linears.py); a subclass allocates its activations (`acts`, with "losses" (B, T) fp32) and
-    writes forward and backward against the primitive set."""
+    processes with ZeRO-1, and the blocks' linear layers (core/linears.py); a subclass allocates its
+    activations (`acts`, with "losses" (B, T) fp32) and writes forward and backward against the primitive set."""
 
     def __init__(self, cfg: Any, backend: ModuleType, params: np.ndarray, shapes: dict[str, tuple[int, ...]],
                  decayed_params: tuple[str, ...], B: int, T: int, *, recompute: int, gelu_fusion: int,

@@ -62,8 +62,9 @@ class Fp8Linears(Linears):
         self.x_scale_inv = {n: xp.zeros((len(self.x_t[n]), 1), f32) for n in self.fp8}
         widest_in = max((dims[n][2] for n in self.fp8), default=0)
         widest_out = max((dims[n][1] for n in self.fp8), default=0)
-        self.x8, self.x8_scale_inv = xp.zeros(N * widest_in, u8), xp.zeros(1, f32)
-        self.d8, self.d8_t, self.d8_scale_inv = xp.zeros(N * widest_out, u8), xp.zeros(N * widest_out, u8), xp.zeros(1, f32)
+        self.x8 = xp.zeros(N * widest_in, u8)  # the forward's input, row-major (its scale is its transpose's)
+        self.d8, self.d8_t = xp.zeros(N * widest_out, u8), xp.zeros(N * widest_out, u8)
+        self.d8_scale_inv = xp.zeros(1, f32)
 
     def keeps_input(self, name: str) -> bool:
         return name in self.kept
