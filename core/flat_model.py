@@ -56,7 +56,6 @@ class FlatModel:
         self.flat_grads = xp.zeros_like(self.flat_params)
         self.grads = self.flat_grads[:n]
         self.g = views(self.grads, shapes)
-        self.linears.prepare(self.p)
         self.shard_grads = self.flat_grads[self.shard.start: self.shard.stop]
         # fp32 optimizer state, allocated at the first update; master weights only when params are not fp32
         self.m = self.v = None
@@ -122,7 +121,6 @@ class FlatModel:
                                       max_norm=clip_to or 1.0)
         if self.sharded:
             self.group.all_gather(self.flat_params)
-        self.linears.prepare(self.p)
 
     def _decayed_spans(self, decayed_params: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
         """The weight-decayed tensors' [start, stop) within the update range, adjacent ones merged."""
@@ -156,7 +154,6 @@ class FlatModel:
             if self.backend.act_dtype != np.float32:
                 return "Warning: the checkpoint has master weights, but -w 0 runs without them"
             self.params[...] = to_device(master, np.float32)  # fp32 parameters: the master copy is the exact one
-            self.linears.prepare(self.p)
         return None
 
     # ------------------------------------------------------------------ host views

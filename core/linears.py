@@ -8,8 +8,8 @@ step (nothing to checkpoint: a resumed run casts exactly as the uninterrupted on
 E4M3 (3 mantissa bits), gradients E5M2 (the range they need); products accumulate in fp32 and leave as bf16
 through the bf16 path's epilogues. The forward keeps each layer input transposed in FP8 for its weight
 gradient (1 byte an element where the bf16 path keeps 2), except inputs recompute (-r) makes again in the
-backward, which are cast again there. A layer whose dimensions are not multiples of 16 (cuBLASLt's FP8
-alignment) stays bf16.
+backward and attention's output, which the model keeps anyway: those are cast again there. A layer whose
+dimensions are not multiples of 16 (cuBLASLt's FP8 alignment) stays bf16.
 """
 
 from types import ModuleType
@@ -32,9 +32,6 @@ class Linears:
         needs its input only while the forward computes it)."""
         return False
 
-    def prepare(self, params: dict) -> None:
-        """From the parameters (named views), whenever the model has changed them (made, updated, restored)."""
-
     def forward(self, name: str, l: int, out, inp, weight, bias, pre_gelu=None, residual=None) -> None:
         self.ops.matmul_forward(out, inp, weight, bias, pre_gelu=pre_gelu, residual=residual)
 
@@ -43,9 +40,10 @@ class Linears:
 
 
 class Fp8Linears(Linears):
-    """The linear layers in FP8. Buffers: each weight and its transpose in E4M3 per layer (cast once for all
-    layers whenever the parameters change, not at every micro-step), each kept layer input transposed (C, N),
-    and one layer's forward input and gradient (and its transpose) at a time; a (1,) fp32 scale_inv beside each."""
+    """The linear layers in FP8. Kept across the step: each kept layer input transposed (C, N) with its scale;
+    one layer at a time: the forward's input and weight, the backward's gradient and its transpose, and the
+    weight transposed. Weights are cast as each layer runs (a per-layer copy of every weight and its transpose
+    would outweigh what FP8 saves on activations at GPT-2 1.5B)."""
 
     def __init__(self, backend: ModuleType, shapes: dict[str, tuple[int, ...]], N: int, recompute: int):
         super().__init__(backend)
@@ -53,40 +51,43 @@ class Fp8Linears(Linears):
         dims = {name: shapes[name + "w"] for name in NAMES}  # (L, OC, C)
         self.fp8 = {name for name, (_, OC, C) in dims.items() if N % 16 == 0 and OC % 16 == 0 and C % 16 == 0}
         recomputed = ({"fcproj"} if recompute >= 1 else set()) | ({"qkv", "fc"} if recompute >= 2 else set())
-        self.kept = self.fp8 - recomputed
-        self.w = {n: xp.zeros(dims[n], u8) for n in self.fp8}  # (L, OC, C)
-        self.w_t = {n: xp.zeros((L, C, OC), u8) for n, (L, OC, C) in dims.items() if n in self.fp8}
-        self.w_scale_inv = {n: xp.zeros((dims[n][0], 1), f32) for n in self.fp8}
+        # attproj's input is attention's output, which the model keeps for attention's backward: cast again there
+        self.kept = self.fp8 - recomputed - {"attproj"}
         self.x_t = {n: xp.zeros((L if n in self.kept else 1, C, N), u8) for n, (L, OC, C) in dims.items()
                     if n in self.fp8}  # (L or 1, C, N)
         self.x_scale_inv = {n: xp.zeros((len(self.x_t[n]), 1), f32) for n in self.fp8}
         widest_in = max((dims[n][2] for n in self.fp8), default=0)
         widest_out = max((dims[n][1] for n in self.fp8), default=0)
+        widest_weight = max((dims[n][1] * dims[n][2] for n in self.fp8), default=0)
         self.x8 = xp.zeros(N * widest_in, u8)  # the forward's input, row-major (its scale is its transpose's)
         self.d8, self.d8_t = xp.zeros(N * widest_out, u8), xp.zeros(N * widest_out, u8)
+        self.w8, self.w_scale_inv = xp.zeros(widest_weight, u8), xp.zeros(1, f32)  # (OC, C) or (C, OC)
         self.d8_scale_inv = xp.zeros(1, f32)
 
     def keeps_input(self, name: str) -> bool:
         return name in self.kept
 
-    def prepare(self, params: dict) -> None:
-        for n in self.fp8:  # every layer's weight at once, each with its own scale
-            self.ops.quantize_fp8(self.w[n], self.w_t[n], self.w_scale_inv[n], params[n + "w"])
-
     def _input_t(self, name: str, l: int) -> Fp8:
         i = l if name in self.kept else 0
         return Fp8(self.x_t[name][i], self.x_scale_inv[name][i])
+
+    def _weight(self, weight, transposed: bool) -> Fp8:
+        """The layer's weight (OC, C) in E4M3, or its transpose (C, OC)."""
+        OC, C = weight.shape
+        w8 = self.w8[: weight.size].reshape((C, OC) if transposed else (OC, C))
+        self.ops.quantize_fp8(None if transposed else w8, w8 if transposed else None, self.w_scale_inv, weight)
+        return Fp8(w8, self.w_scale_inv)
 
     def forward(self, name: str, l: int, out, inp, weight, bias, pre_gelu=None, residual=None) -> None:
         if name not in self.fp8:
             return super().forward(name, l, out, inp, weight, bias, pre_gelu, residual)
         C = inp.shape[-1]
         x8 = self.x8[: inp.size].reshape(-1, C)
-        # the transpose is kept for the backward's weight gradient; a recomputed input is cast again there
+        # the transpose is kept for the backward's weight gradient; an input not kept is cast again there
         x_t = self._input_t(name, l)
         self.ops.quantize_fp8(x8, x_t.data if name in self.kept else None, x_t.scale_inv, inp)
-        self.ops.matmul_forward_fp8(out, Fp8(x8, x_t.scale_inv), Fp8(self.w[name][l], self.w_scale_inv[name][l]),
-                                    bias, pre_gelu=pre_gelu, residual=residual)
+        self.ops.matmul_forward_fp8(out, Fp8(x8, x_t.scale_inv), self._weight(weight, transposed=False), bias,
+                                    pre_gelu=pre_gelu, residual=residual)
 
     def backward(self, name: str, l: int, dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> None:
         if name not in self.fp8:
@@ -95,11 +96,11 @@ class Fp8Linears(Linears):
         d8, d8_t = self.d8[: dout.size].reshape(-1, OC), self.d8_t[: dout.size].reshape(OC, -1)
         self.ops.quantize_fp8(d8, d8_t, self.d8_scale_inv, dout, e5m2=True)
         x_t = self._input_t(name, l)
-        if name not in self.kept:  # recomputed by the model: cast it again, transposed
+        if name not in self.kept:  # recomputed by the model, or kept by it: cast again, transposed
             self.ops.quantize_fp8(None, x_t.data, x_t.scale_inv, inp)
         self.ops.matmul_backward_fp8(dinp, dweight, dbias, dout, Fp8(d8, self.d8_scale_inv),
-                                     Fp8(d8_t, self.d8_scale_inv), x_t,
-                                     Fp8(self.w_t[name][l], self.w_scale_inv[name][l]), pre_gelu=pre_gelu)
+                                     Fp8(d8_t, self.d8_scale_inv), x_t, self._weight(weight, transposed=True),
+                                     pre_gelu=pre_gelu)
 
 
 def make_linears(backend: ModuleType, fp8: bool, shapes: dict[str, tuple[int, ...]], N: int,

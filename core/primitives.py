@@ -125,11 +125,10 @@ class Primitives(Protocol):
 
     def quantize_fp8(self, out: Array | None, out_t: Array | None, scale_inv: Array, inp: Array,
                      e5m2: bool = False) -> None:
-        """Per-tensor current scaling (torchao's tensorwise recipe) of S = scale_inv.size tensors of equal
-        shape (R, K) stacked in inp (S*R rows of K; S = 1 for one tensor, L for a weight's layers): for each,
-        scale = FMT_MAX / max(amax, AMAX_FLOOR) in fp32, out (S*R rows of K) uint8 = fp8(inp * scale) and
-        out_t (S, K, R) each tensor's transpose (either may be None), E4M3 or, with e5m2, E5M2, rounded to
-        nearest even and saturated to +-FMT_MAX; scale_inv (S, ...) fp32 = 1 / scale."""
+        """Per-tensor current scaling of inp (R, K) (torchao's tensorwise recipe): scale = FMT_MAX /
+        max(amax(inp), AMAX_FLOOR) in fp32, out (R, K) uint8 = fp8(inp * scale) and out_t (K, R) its transpose
+        (either may be None), E4M3 or, with e5m2, E5M2, rounded to nearest even and saturated to +-FMT_MAX;
+        scale_inv (1,) fp32 = 1 / scale."""
 
     def matmul_forward_fp8(self, out: Array, inp: Fp8, weight: Fp8, bias: Array | None,
                            pre_gelu: Array | None = None, residual: Array | None = None) -> None:

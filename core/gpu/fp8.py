@@ -50,24 +50,21 @@ def _check_fp8(op: str, *tensors: Fp8) -> None:
 
 
 def quantize_fp8(out, out_t, scale_inv, inp, e5m2=False) -> None:
-    """For each of the scale_inv.size tensors (R, K) stacked in inp: out and/or out_t (K, R) = FP8 bits of
-    inp * scale, scale = FMT_MAX / amax(tensor); scale_inv = 1/scale. R and K multiples of 8, 16-byte aligned."""
+    """out (R, K) and/or out_t (K, R) = FP8 bits of inp * scale, scale = FMT_MAX / amax(inp); scale_inv = 1/scale.
+    R and K multiples of 8, 16-byte aligned arrays."""
     check_arrays("quantize_fp8", BF16, inp, align=16)
     check_arrays("quantize_fp8", np.uint8, out, out_t, align=16)
     check_arrays("quantize_fp8", np.float32, scale_inv)
-    S, (rows_in, K) = scale_inv.size, rows(inp)
-    R = rows_in // S
-    check(R * S == rows_in and R % 8 == 0 and K % 8 == 0,
-          f"quantize_fp8: {S} tensors of ({R}, {K}): the rows must divide evenly, in multiples of 8")
-    check(out is None or out.size == inp.size, f"quantize_fp8: out must hold {inp.size} values")
-    check(out_t is None or out_t.size == inp.size and out_t.shape[-2:] == (K, R),
-          f"quantize_fp8: out_t must hold {S} tensors of ({K}, {R})")
+    R, K = rows(inp)
+    check(R % 8 == 0 and K % 8 == 0, f"quantize_fp8: ({R}, {K}) must be multiples of 8")
+    check(out is None or out.size == R * K, f"quantize_fp8: out must hold {R}x{K}")
+    check(out_t is None or rows(out_t) == (K, R), f"quantize_fp8: out_t must be ({K}, {R})")
     settle(reads=(inp,), writes=(out, out_t, scale_inv))
-    packs = R * K // 8  # of one tensor
+    packs = R * K // 8
     parts = max(1, min(cdiv(packs, AMAX_THREADS), 2 * current().sms))
-    partial = scratch("fp8_amax", S * parts * 4)
-    launch("fp8", "amax_partial", (parts, S), AMAX_THREADS, (partial, inp, np.int64(packs)))
-    launch("fp8", "cast_transpose_e5m2" if e5m2 else "cast_transpose_e4m3", (cdiv(K, TILE), cdiv(R, TILE), S), 256,
+    partial = scratch("fp8_amax", parts * 4)
+    launch("fp8", "amax_partial", parts, AMAX_THREADS, (partial, inp, np.int64(packs)))
+    launch("fp8", "cast_transpose_e5m2" if e5m2 else "cast_transpose_e4m3", (cdiv(K, TILE), cdiv(R, TILE)), 256,
            (ptr(out), ptr(out_t), scale_inv, inp, partial, np.int32(parts), np.int32(R), np.int32(K)))
 
 

@@ -9,39 +9,32 @@
 #define TILE 64            // the cast's tile: TILE rows x TILE columns, 256 threads, 2 packs of 8 a thread
 #define TILE_PACKS (TILE / 8)
 
-// partial[blockIdx.y * gridDim.x + blockIdx.x] = max |x| over the block's grid-stride share of the packs of
-// tensor blockIdx.y (each `packs` long; NaN ignored, as fmaxf does: a NaN still reaches the FP8 data, and the loss)
+// partial[blockIdx.x] = max |x| over the block's grid-stride share of the tensor's packs (NaN ignored, as
+// fmaxf does: a NaN still reaches the FP8 data, and the loss)
 extern "C" __global__ void amax_partial(float* partial, const bf16* inp, long packs) {
     __shared__ float shared[WARP_SIZE];
     float m = 0.0f, x[PACK];
-    inp += blockIdx.y * packs * PACK;
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += (long)gridDim.x * blockDim.x) {
         load_bf16(x, inp + i * PACK);
 #pragma unroll
         for (int k = 0; k < PACK; k++) m = fmaxf(m, fabsf(x[k]));
     }
     m = block_max(m, shared);
-    if (threadIdx.x == 0) partial[blockIdx.y * gridDim.x + blockIdx.x] = m;
+    if (threadIdx.x == 0) partial[blockIdx.x] = m;
 }
 
 template <__nv_fp8_interpretation_t FMT>
 __device__ __forceinline__ float fmt_max() { return FMT == __NV_E4M3 ? 448.0f : 57344.0f; }
 
-// For tensor z = blockIdx.z of those stacked in inp (each (R, K)): out (R, K) and/or out_t (K, R) = fp8(inp *
-// scale), scale = FMT_MAX / max(amax, AMAX_FLOOR) with amax the max of the tensor's `parts` partials;
-// scale_inv[z] = 1 / scale. Requires K and R multiples of 8 (whole packs of 8 bf16 and 8-byte stores of the
-// transpose) and 16-byte aligned pointers. Grid (K / TILE, R / TILE, tensors), rounded up.
+// out (R, K) and/or out_t (K, R) = fp8(inp (R, K) * scale), scale = FMT_MAX / max(amax, AMAX_FLOOR) with amax
+// the max of `parts` partials; scale_inv = 1 / scale. Requires K and R multiples of 8 (whole packs of 8 bf16
+// and 8-byte stores of the transpose) and 16-byte aligned pointers. Grid (K / TILE, R / TILE) rounded up.
 template <__nv_fp8_interpretation_t FMT>
 __device__ __forceinline__ void cast_transpose(unsigned char* out, unsigned char* out_t, float* scale_inv,
                                                const bf16* inp, const float* partial, int parts, int R, int K) {
     static_assert(PACK == 8, "the cast moves packs of 8 (launched at pack 8 only)");
     __shared__ float shared[WARP_SIZE];
     __shared__ __align__(16) unsigned char tile[TILE][TILE + 8];  // the tile's FP8 bytes, row-major (+8: fewer bank conflicts)
-    const long offset = (long)blockIdx.z * R * K;
-    inp += offset;
-    if (out) out += offset;
-    if (out_t) out_t += offset;
-    partial += blockIdx.z * parts;
     // the tile's packs are loaded first, so their reads are in flight while the block reduces the partials
     const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
     pack_t raw[2];
@@ -56,7 +49,7 @@ __device__ __forceinline__ void cast_transpose(unsigned char* out, unsigned char
     for (int i = threadIdx.x; i < parts; i += blockDim.x) amax = fmaxf(amax, partial[i]);
     amax = fmaxf(block_max(amax, shared), AMAX_FLOOR);
     const float scale = fmt_max<FMT>() / amax;
-    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) scale_inv[blockIdx.z] = 1.0f / scale;
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *scale_inv = 1.0f / scale;
 
 #pragma unroll
     for (int half = 0; half < 2; half++) {
