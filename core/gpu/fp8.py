@@ -14,8 +14,8 @@ import numpy as np
 from llmc.core.errors import LlmcError
 
 from llmc.core.gpu.cublaslt import CUDA_R_8F_E4M3, CUDA_R_8F_E5M2, Epilogue, gemm
-from llmc.core.gpu.gelu import gelu_backward, gelu_forward
-from llmc.core.gpu.matmul import add_bias, bias_backward
+from llmc.core.gpu.gelu import gelu_backward
+from llmc.core.gpu.matmul import bias_backward, finish_unfused, forward_epilogue
 from llmc.core.gpu.runtime import BF16, beside, cdiv, check, check_arrays, current, launch, ptr, rows, \
     scratch, settle
 from llmc.core.primitives import Fp8
@@ -79,24 +79,13 @@ def matmul_forward_fp8(out, inp, weight, bias, pre_gelu=None, residual=None) -> 
     settle(reads=(inp.data, weight.data, inp.scale_inv, weight.scale_inv, bias, residual), writes=(out, pre_gelu))
 
     def product(fused: bool, fast: bool) -> None:
-        if not fused:
-            epilogue = Epilogue.DEFAULT
-        elif pre_gelu is not None:
-            epilogue = Epilogue.GELU_AUX_BIAS if bias is not None else Epilogue.GELU_AUX
-        else:
-            epilogue = Epilogue.BIAS if bias is not None else Epilogue.DEFAULT
-        target = out if pre_gelu is None or fused else pre_gelu  # unfused, the GELU kernel reads pre_gelu
+        target, epilogue = forward_epilogue(out, bias, pre_gelu, fused)
         gemm(target.data.ptr, inp.data.data.ptr, weight.data.data.ptr, N, OC, C, lda=C, ldb=C, ldd=OC, trans_b=True,
              a_type=CUDA_R_8F_E4M3, b_type=CUDA_R_8F_E4M3, a_scale=inp.scale_inv.data.ptr,
-             b_scale=weight.scale_inv.data.ptr, fast_accum=fast, epilogue=epilogue,
-             bias=bias.data.ptr if bias is not None and fused else 0,
-             aux=pre_gelu.data.ptr if pre_gelu is not None and fused else 0,
-             aux_ld=OC if pre_gelu is not None and fused else 0,
+             b_scale=weight.scale_inv.data.ptr, fast_accum=fast, **epilogue,
              beta=0.0 if residual is None else 1.0, c=0 if residual is None else residual.data.ptr)
-        if not fused and bias is not None:
-            add_bias(target, bias)
-        if not fused and pre_gelu is not None:
-            gelu_forward(out, pre_gelu)
+        if not fused:
+            finish_unfused(out, target, bias, pre_gelu)
 
     _first_that_runs(("forward", N, OC, C, bias is None, pre_gelu is None, residual is None), FORWARD_WAYS, product)
 

@@ -48,31 +48,40 @@ def matmul_forward(out, inp, weight, bias, pre_gelu=None, residual=None) -> None
     check(residual is None or (pre_gelu is None and residual.shape == out.shape),
           "matmul_forward: a residual must have the output's shape and cannot follow the GELU")
     fused = _epilogue_takes(OC, out, bias, pre_gelu)  # else a plain GEMM, then the bias and GELU kernels
-    if not fused:
-        epilogue = Epilogue.DEFAULT
-    elif pre_gelu is not None:
-        epilogue = Epilogue.GELU_AUX_BIAS if bias is not None else Epilogue.GELU_AUX
-    else:
-        epilogue = Epilogue.BIAS if bias is not None else Epilogue.DEFAULT
-    product = out if pre_gelu is None or fused else pre_gelu  # unfused, the GELU kernel reads it from pre_gelu
-    bias_ptr = bias.data.ptr if bias is not None and fused else 0
-    aux_ptr, aux_ld = (pre_gelu.data.ptr, OC) if pre_gelu is not None and fused else (0, 0)
+    product, epilogue = forward_epilogue(out, bias, pre_gelu, fused)
     settle(reads=(inp, weight, bias, residual), writes=(out, pre_gelu))
 
     def with_cublaslt() -> None:
         gemm(product.data.ptr, inp.data.ptr, weight.data.ptr, N, OC, C, lda=C, ldb=C, ldd=OC, trans_b=True,
-             epilogue=epilogue, bias=bias_ptr, aux=aux_ptr, aux_ld=aux_ld,
-             beta=0.0 if residual is None else 1.0, c=0 if residual is None else residual.data.ptr)
+             **epilogue, beta=0.0 if residual is None else 1.0, c=0 if residual is None else residual.data.ptr)
     # cuDNN's graph is built per shape, not per pointer: only for 16-byte aligned operands and rows
-    if epilogue == Epilogue.GELU_AUX_BIAS and C % 8 == 0 and aligned(inp, weight):
+    if epilogue["epilogue"] == Epilogue.GELU_AUX_BIAS and C % 8 == 0 and aligned(inp, weight):
         gelu_gemm(out, pre_gelu, inp, weight, bias, with_cublaslt)
     else:
         with_cublaslt()
     if not fused:
-        if bias is not None:
-            add_bias(product, bias)
-        if pre_gelu is not None:
-            gelu_forward(out, pre_gelu)
+        finish_unfused(out, product, bias, pre_gelu)
+
+
+def forward_epilogue(out, bias, pre_gelu, fused: bool) -> tuple:
+    """(the array a forward GEMM writes, its epilogue's gemm() keywords). Fused, cuBLASLt adds the bias and
+    applies the GELU, writing the product before it to pre_gelu; unfused, the GEMM writes the plain product
+    (to pre_gelu when a GELU follows) for finish_unfused."""
+    if not fused:
+        return out if pre_gelu is None else pre_gelu, {"epilogue": Epilogue.DEFAULT}
+    if pre_gelu is None:
+        return out, {"epilogue": Epilogue.BIAS if bias is not None else Epilogue.DEFAULT,
+                     "bias": 0 if bias is None else bias.data.ptr}
+    return out, {"epilogue": Epilogue.GELU_AUX_BIAS if bias is not None else Epilogue.GELU_AUX,
+                 "bias": 0 if bias is None else bias.data.ptr, "aux": pre_gelu.data.ptr, "aux_ld": pre_gelu.shape[-1]}
+
+
+def finish_unfused(out, product, bias, pre_gelu) -> None:
+    """What an unfused forward epilogue leaves to kernels: the bias into the product, then the GELU."""
+    if bias is not None:
+        add_bias(product, bias)
+    if pre_gelu is not None:
+        gelu_forward(out, pre_gelu)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None) -> None:
