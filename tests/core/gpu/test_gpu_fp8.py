@@ -18,7 +18,7 @@ pytestmark = pytest.mark.gpu
 SAME_PRODUCTS = 1e-2  # the same FP8 products, summed in another order and rounded to bf16 once
 
 
-def quantized(backend, x: np.ndarray, e5m2: bool, transposed: bool = False) -> tuple:
+def quantized(backend, x: np.ndarray, e5m2: bool) -> tuple:
     """(data, data_t, scale_inv) of x quantized by the backend, on the host."""
     R, K = x.shape
     if backend is cpu:
