@@ -12,12 +12,11 @@ from collections.abc import Callable
 import numpy as np
 
 from llmc.core.errors import LlmcError
-
 from llmc.core.gpu.cublaslt import CUDA_R_8F_E4M3, CUDA_R_8F_E5M2, Epilogue, gemm
 from llmc.core.gpu.gelu import gelu_backward
 from llmc.core.gpu.matmul import bias_backward, finish_unfused, forward_epilogue
-from llmc.core.gpu.runtime import BF16, beside, cdiv, check, check_arrays, current, launch, ptr, rows, \
-    scratch, settle
+from llmc.core.gpu.runtime import (BF16, beside, cdiv, check, check_arrays, current, launch, ptr, rows, scratch,
+                                   settle)
 from llmc.core.primitives import Fp8
 
 TILE = 64  # kernels/fp8.cu's cast tile
