@@ -37,8 +37,8 @@ AMAX_FLOOR = 1e-12  # an all-zero tensor's amax, so its scale stays finite (torc
 class Fp8:
     """A tensor in FP8 with its per-tensor scale: data (uint8, the E4M3 or E5M2 bit patterns) holds
     x * scale rounded to nearest and saturated, scale = FMT_MAX / amax(x); scale_inv (1,) fp32 = 1/scale,
-    what a GEMM multiplies its product by. Forward operands are E4M3, gradients E5M2 (llm.c's and
-    Transformer Engine's HYBRID format)."""
+    what a GEMM multiplies its product by. Forward operands are E4M3, gradients E5M2 (Transformer Engine's
+    HYBRID format)."""
     data: Array
     scale_inv: Array
 
