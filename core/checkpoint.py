@@ -5,15 +5,16 @@ state file is llm.c's save_state layout, little-endian, so llm.c's load_state re
   header 256 int32: [0] 20240527, [1] 1, [2] num processes, [3] rank, [4] master weights follow,
     [5] the loader shuffles, [10] step, u64 at [20] and [22] the stochastic-rounding RNG (llm.c's
     rng_state, rng_state_last_update), size_t at [30] shard index, [32] sample index
-  fp32 m, v (num_parameters each; with -z 1, this rank's shard of them, core/distributed.py), then
-    fp32 master weights (likewise) if [4]
+  fp32 m, v (num_parameters each; with -z 1, this rank's share of them in llm.c's per-tensor layout,
+    core/distributed.py), then fp32 master weights (likewise) if [4]
   if shuffling: size_t shard count, int32 shard order, size_t samples in the current shard, int32
     sample order, llm.c's mt19937_state struct (u64 seed, int32 left, uint32 next, uint32 state[624],
     uint32 MATRIX_A[2]; 2520 bytes, no padding) holding the loader's stream exactly
-  llmc's trailer, after everything llm.c reads: int32 TRAILER_MAGIC, int32 1, then the loss and the
+  llmc's trailer, after everything llm.c reads: int32 TRAILER_MAGIC, int32 version, then the loss and the
     grad-norm OutlierDetector as llm.c's struct (double buffer[128], int32 count, int32 index,
     double sum, double sum_sq), so -sl/-sg z-scores also resume exactly. A file without it (written
-    by llm.c) resumes with empty detectors.
+    by llm.c) resumes with empty detectors. Version 1 (earlier llmc) held -z 1 state as contiguous
+    slices of the flat vector, not in llm.c's layout; it still resumes.
 The one field llmc cannot fill as llm.c would is the RNG at [20]/[22]: llmc seeds stochastic rounding
 from the step (stateless), so it writes llm.c's initial value 13371337 + rank there (a valid
 xorshift state for llm.c to continue from) and ignores the field when reading.
@@ -37,7 +38,8 @@ from llmc.core.formats import HEADER_BYTES, atomic_write, make_header, read_head
 from llmc.core.outliers import WINDOW, OutlierDetector
 
 STATE_MAGIC, STATE_VERSION = 20240527, 1
-TRAILER_MAGIC, TRAILER_VERSION = 0x434D4C4C, 1  # "LLMC"
+TRAILER_MAGIC, TRAILER_VERSION = 0x434D4C4C, 2  # "LLMC"
+CONTIGUOUS_SHARDS_VERSION = 1  # its -z 1 state: contiguous slices of the flat vector
 MT_N = 624  # mt19937 state words
 MT_MATRIX_A = (0x0, 0x9908B0DF)
 MT_STRUCT = np.dtype([("seed", "<u8"), ("left", "<i4"), ("next", "<u4"), ("state", "<u4", (MT_N,)),
@@ -59,6 +61,7 @@ class TrainState:
     detectors: list[OutlierDetector] | None  # loss, grad norm; None from a file llm.c wrote
     num_processes: int = 1
     rank: int = 0
+    llm_c_layout: bool = True  # -z 1 state in llm.c's per-tensor layout (False: an earlier llmc's contiguous)
 
 
 # ----------------------------------------------------------------------------- paths
@@ -206,14 +209,26 @@ def read_state(path: str | os.PathLike, num_parameters: int) -> TrainState:
                 n = int(r.read("<u8")[0])
                 loader[key] = r.read("<i4", n).astype(np.int64)
             loader["rng"] = mt_from_llmc(r.read(MT_STRUCT)[0], str(path))
-        detectors = None
+        detectors, version = None, None
         if r.remaining():
-            tag = r.read("<i4", 2)
-            if tuple(tag) != (TRAILER_MAGIC, TRAILER_VERSION) or r.remaining() != 2 * DETECTOR_STRUCT.itemsize:
+            magic, version = (int(x) for x in r.read("<i4", 2))
+            if magic != TRAILER_MAGIC or version not in (CONTIGUOUS_SHARDS_VERSION, TRAILER_VERSION) \
+                    or r.remaining() != 2 * DETECTOR_STRUCT.itemsize:
                 raise LlmcError(f"{path}: {r.remaining() + 8} unexpected bytes after the optimizer state "
                                 f"(written for a model of a different size?)")
             detectors = [detector_from_llmc(r.read(DETECTOR_STRUCT)[0], str(path)) for _ in range(2)]
-    return TrainState(step, m, v, master, loader, detectors, nproc, rank)
+    return TrainState(step, m, v, master, loader, detectors, nproc, rank, version != CONTIGUOUS_SHARDS_VERSION)
+
+
+def trailer_version(path: str | os.PathLike) -> int | None:
+    """The version of llmc's trailer at the end of a state file; None where it has none (llm.c wrote it)."""
+    size, at = os.path.getsize(path), 2 * DETECTOR_STRUCT.itemsize + 8
+    if size < HEADER_BYTES + at:
+        return None
+    with open(path, "rb") as f:
+        f.seek(size - at)
+        magic, version = np.fromfile(f, "<i4", count=2)
+    return int(version) if magic == TRAILER_MAGIC else None
 
 
 # ----------------------------------------------------------------------------- whole checkpoints
@@ -242,16 +257,18 @@ def restore(out_dir: str | os.PathLike, step: int, model, loader, num_processes:
     if written != (step, num_processes, rank):
         raise LlmcError(f"{path}: written at step {written[0]} by rank {written[2]} of {written[1]}, "
                         f"not step {step} by rank {rank} of {num_processes}; resume with the same -pn")
+    # an earlier llmc's -z 1 files hold contiguous shards (the shard's size), not llm.c's shares
+    size = model.shard.size if trailer_version(path) == CONTIGUOUS_SHARDS_VERSION else model.state_size
     try:
-        state = read_state(path, model.shard.size)
+        state = read_state(path, size)
     except LlmcError as e:
         if num_processes == 1:
             raise
-        raise LlmcError(f"{e}; resume with the same -z (the state files hold {model.shard.size} "
+        raise LlmcError(f"{e}; resume with the same -z (the state files hold {size} "
                         f"parameters' optimizer state here)") from None
     try:
         loader.restore(state.loader)
-        note = model.load_optimizer_state(state.m, state.v, state.master)
+        note = model.load_optimizer_state(state.m, state.v, state.master, state.llm_c_layout)
     except LlmcError as e:
         raise LlmcError(f"{path}: {e}") from None
     return state, note

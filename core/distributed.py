@@ -6,9 +6,12 @@ tensor. CuPy (and mpi4py for -pi mpi) are imported only when a group of several 
 so one process runs with SingleProcess, whose collectives do nothing.
 
 ZeRO-1 shards the flat parameter vector into equal contiguous slices, one per rank (the last one
-padded with zeros, as NCCL's reduce-scatter and all-gather need equal counts). llm.c instead shards
-each parameter tensor separately, so a -z 1 state file of N > 1 ranks holds the same numbers in
-another order than llm.c's: resume such runs with llmc and the same N.
+padded with zeros, as NCCL's reduce-scatter and all-gather need equal counts): one collective a step
+each way. llm.c instead shards each layer of each parameter tensor separately, and its -z 1 state files
+hold that layout; llmc's state files hold it too (llm_c_shard_pieces: the model converts when it
+checkpoints and resumes), so llm.c and llmc resume each other's multi-GPU runs. Where a layer's size is
+not a multiple of the number of ranks, llm.c's layout leaves elements out of every shard; llmc then
+writes its own contiguous shards, which only llmc resumes.
 """
 
 import os
@@ -73,6 +76,26 @@ def shard_pieces(shapes: dict[str, tuple[int, ...]], shard: Shard) -> list[tuple
             out.append((i, name, lo, hi))
         offset += n
     return out
+
+
+BLOCK_TENSORS = range(2, 14)  # llm.c's tensor table (GPT-2's and Llama 3's files): the (L, ...) block tensors
+
+
+def llm_c_shard_pieces(shapes: dict[str, tuple[int, ...]], world: int, rank: int) -> list[tuple[int, int]] | None:
+    """llm.c's ZeRO-1 share of the optimizer state for rank of world (train_gpt2.cu's gpt2_update): of every
+    tensor, of each of its layers, the rank-th of `world` equal slices; flat [lo, hi) ranges in the order
+    the rank's state file holds them. None where some tensor's layer does not split into `world` equal
+    slices (llm.c would leave the remainder out of every shard)."""
+    pieces, offset = [], 0
+    for i, shape in enumerate(shapes.values()):
+        layers = shape[0] if i in BLOCK_TENSORS else 1
+        size = int(np.prod(shape)) // layers
+        if size % world:
+            return None
+        share = size // world
+        pieces += [(offset + l * size + rank * share, offset + l * size + (rank + 1) * share) for l in range(layers)]
+        offset += layers * size
+    return pieces
 
 
 # ----------------------------------------------------------------------------- the unique-id exchange

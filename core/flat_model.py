@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from llmc.core.distributed import Group, SingleProcess, shard_pieces, whole, zero_shard
+from llmc.core.distributed import Group, SingleProcess, llm_c_shard_pieces, shard_pieces, whole, zero_shard
 from llmc.core.errors import LlmcError
 from llmc.core.linears import make_linears
 from llmc.core.primitives import AdamW
@@ -50,6 +50,10 @@ class FlatModel:
         self.sharded = zero_stage == 1 and self.group.world > 1
         self.shard = zero_shard(n, self.group.world, self.group.rank) if self.sharded else whole(n)
         self.pieces = shard_pieces(shapes, self.shard)
+        # every rank's share of the optimizer state as the -z 1 state files hold it: llm.c's, where it applies
+        world = self.group.world
+        by_rank = [llm_c_shard_pieces(shapes, world, r) for r in range(world)] if self.sharded else [None]
+        self.file_pieces = by_rank if by_rank[0] is not None else None
         self.flat_params = backend.to_device(np.pad(params, (0, self.shard.padded - n)), dt)
         self.params = self.flat_params[:n]  # flat, llm.c order
         self.p = views(self.params, shapes)
@@ -134,26 +138,70 @@ class FlatModel:
                 spans.append((lo - base, hi - base))
         return tuple(spans)
 
-    def optimizer_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(m, v, master) of this rank's shard on the host in fp32 (zeros before the first update;
-        master None when the parameters are their own fp32 master copy or -w 0 keeps none)."""
-        n, host = self.shard.size, self.backend.to_host
-        m, v = (np.zeros(n, np.float32) if a is None else host(a) for a in (self.m, self.v))
-        return m, v, None if self.master is None else host(self.master)
+    @property
+    def state_size(self) -> int:
+        """Elements of each of m, v and master in this rank's state file."""
+        if self.file_pieces is None:
+            return self.shard.size
+        return sum(hi - lo for lo, hi in self.file_pieces[self.group.rank])
 
-    def load_optimizer_state(self, m: np.ndarray, v: np.ndarray, master: np.ndarray | None) -> str | None:
-        """Take a checkpoint's optimizer state for this rank's shard; a note for the user when its
-        master weights go unused (-w 0 resuming a -w 1 run)."""
-        to_device = self.backend.to_device
-        self.m, self.v = to_device(m, np.float32), to_device(v, np.float32)
+    def optimizer_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(m, v, master) of this rank on the host in fp32, as its state file holds them: its shard, in
+        llm.c's per-tensor layout where the model has one (a collective: every rank calls it). Zeros
+        before the first update; master None when the parameters are their own fp32 master copy or -w 0
+        keeps none."""
+        xp = self.backend.xp
+        m, v = (xp.zeros(self.shard.size, np.float32) if a is None else a for a in (self.m, self.v))
+        to_file = self.backend.to_host if self.file_pieces is None else self._to_file_layout
+        return to_file(m), to_file(v), None if self.master is None else to_file(self.master)
+
+    def _to_file_layout(self, shard):
+        """llm.c's share of a sharded fp32 vector for this rank: the shards gathered, then its pieces."""
+        xp = self.backend.xp
+        full = xp.zeros(self.shard.padded, np.float32)
+        full[self.shard.start: self.shard.stop] = shard
+        self.group.all_gather(full)
+        return self.backend.to_host(xp.concatenate([full[lo:hi] for lo, hi in self.file_pieces[self.group.rank]]))
+
+    def _from_file_layout(self, share: np.ndarray):
+        """This rank's shard of a vector whose llm.c shares the ranks hold: the shares side by side are the
+        vector in llm.c's order; each rank's pieces go back to their flat places where they meet the shard."""
+        xp, world, rank, k = self.backend.xp, self.group.world, self.group.rank, share.size
+        shares = xp.zeros(world * k, np.float32)
+        shares[rank * k: (rank + 1) * k] = self.backend.to_device(share, np.float32)
+        self.group.all_gather(shares)
+        start, stop = self.shard.start, self.shard.stop
+        shard = xp.zeros(self.shard.size, np.float32)
+        for r, pieces in enumerate(self.file_pieces):
+            at = r * k
+            for lo, hi in pieces:
+                a, b = max(lo, start), min(hi, stop)
+                if a < b:
+                    shard[a - start: b - start] = shares[at + a - lo: at + b - lo]
+                at += hi - lo
+        return shard
+
+    def load_optimizer_state(self, m: np.ndarray, v: np.ndarray, master: np.ndarray | None,
+                             llm_c_layout: bool = True) -> str | None:
+        """Take a checkpoint's optimizer state for this rank, as its state file holds it (llm_c_layout
+        False: an earlier llmc's contiguous -z 1 shards); a note for the user when its master weights go
+        unused (-w 0 resuming a -w 1 run). A collective under -z 1, as optimizer_state."""
+        if self.file_pieces is not None and llm_c_layout:
+            to_device = self._from_file_layout
+        else:
+            to_device = lambda host: self.backend.to_device(host, np.float32)  # noqa: E731
+        self.m, self.v = to_device(m), to_device(v)
         if self.master is not None:
             if master is None:
                 raise LlmcError("the checkpoint has no master weights; resume with -w 0")
-            self.master[...] = to_device(master, np.float32)
+            self.master[...] = to_device(master)
         elif master is not None:
             if self.backend.act_dtype != np.float32:
                 return "Warning: the checkpoint has master weights, but -w 0 runs without them"
-            self.params[...] = to_device(master, np.float32)  # fp32 parameters: the master copy is the exact one
+            # fp32 parameters: the master copy is the exact one
+            self.flat_params[self.shard.start: self.shard.stop] = to_device(master)
+            if self.sharded:
+                self.group.all_gather(self.flat_params)
         return None
 
     # ------------------------------------------------------------------ host views

@@ -16,7 +16,7 @@ from llmc.core import checkpoint, cpu
 from llmc.core.config import GPTConfig, num_parameters, param_shapes
 from llmc.core.dataloader import DataLoader
 from llmc.core.distributed import (ALIGN, SingleProcess, exchange_fs, exchange_tcp, id_from_bytes, id_to_bytes,
-                                   shard_pieces, whole, zero_shard)
+                                   llm_c_shard_pieces, shard_pieces, whole, zero_shard)
 from llmc.core.errors import LlmcError
 from llmc.core.formats import write_shard
 from llmc.core.outliers import OutlierDetector
@@ -69,6 +69,36 @@ def test_whole_has_one_piece_per_tensor():
     shapes = param_shapes(CFG)
     pieces = shard_pieces(shapes, whole(num_parameters(CFG)))
     assert [(i, name) for i, name, _, _ in pieces] == list(enumerate(shapes))
+
+
+def llm_c_assemble(shares: list[np.ndarray], shapes: dict) -> np.ndarray:
+    """The whole optimizer-state vector from every rank's -z 1 share, by train_gpt2.cu's gpt2_update: tensor i
+    (offset o, layers L, a layer's size s) keeps rank r's slice [r s/N, (r+1) s/N) of layer l at o/N + l s/N."""
+    world, offset, out = len(shares), 0, []
+    for i, shape in enumerate(shapes.values()):
+        layers = shape[0] if 2 <= i <= 13 else 1
+        size = int(np.prod(shape)) // layers
+        share = size // world
+        for l in range(layers):
+            at = offset // world + l * share
+            out += [shares[r][at: at + share] for r in range(world)]
+        offset += layers * size
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 6])
+def test_llm_c_shares_are_train_gpt2_cu_s(world):
+    shapes = param_shapes(CFG)
+    n = num_parameters(CFG)
+    full = np.arange(n, dtype=np.float64)
+    shares = [np.concatenate([full[lo:hi] for lo, hi in llm_c_shard_pieces(shapes, world, r)]) for r in range(world)]
+    assert all(len(s) == n // world for s in shares)
+    np.testing.assert_array_equal(llm_c_assemble(shares, shapes), full)
+
+
+def test_llm_c_has_no_shares_where_a_layer_does_not_split_evenly():
+    assert llm_c_shard_pieces(param_shapes(CFG), 5, 0) is None  # C = 36
+    assert llm_c_shard_pieces(param_shapes(CFG), 8, 0) is None  # a layer's ln1w: 36 elements
 
 
 # ----------------------------------------------------------------------------- data split
@@ -342,18 +372,37 @@ def test_two_ranks_checkpoint_and_resume(data, tmp_path):
     out = tmp_path / "cut"
     assert sorted(p.name for p in out.iterdir() if p.name.endswith("00002") or "_00000002" in p.name) == [
         "DONE_00000002", "model_00000002.bin", "state_00000002_00000.bin", "state_00000002_00001.bin"]
-    # the two shards of m and v together are the single process's state
-    n = single.model.params.size
+    # the two files hold llm.c's shares of m and v: assembled as train_gpt2.cu lays them out, the single
+    # process's state
+    n, shapes = single.model.params.size, param_shapes(CFG)
     want = checkpoint.read_state(checkpoint.state_path(tmp_path / "one", 2), n)
-    parts = [checkpoint.read_state(checkpoint.state_path(out, 2, r), zero_shard(n, 2, r).size) for r in range(2)]
+    parts = [checkpoint.read_state(checkpoint.state_path(out, 2, r), n // 2) for r in range(2)]
     for k in ("m", "v"):
         full = getattr(want, k)  # equal up to fp32 summation order in the gradients
-        np.testing.assert_allclose(np.concatenate([getattr(p, k) for p in parts])[:n], full,
+        np.testing.assert_allclose(llm_c_assemble([getattr(p, k) for p in parts], shapes), full,
                                    rtol=1e-3, atol=1e-3 * np.abs(full).max())
     # resuming with 2 ranks continues exactly; another number of processes is refused
+    after_cut = numbers([ln for ln in straight[0] if not ln.startswith(("step    1", "step    2"))])[1:]
     _, resumed = run_ranks(cfgs(2, out, max_steps=4, resume=1))
-    assert numbers(resumed[0]) == numbers([ln for ln in straight[0]
-                                           if not ln.startswith(("step    1", "step    2"))])[1:]
+    assert numbers(resumed[0]) == after_cut
+    # an earlier llmc's files (trailer version 1: contiguous shards of the flat vector) resume the same
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in out.iterdir():
+        if f.is_file() and not f.name.startswith("state_"):
+            (old / f.name).write_bytes(f.read_bytes())
+    whole_state = {k: llm_c_assemble([getattr(p, k) for p in parts], shapes) for k in ("m", "v")}
+    for r, p in enumerate(parts):
+        s = zero_shard(n, 2, r)
+        m, v = (np.pad(whole_state[k], (0, s.padded - n))[s.start: s.stop] for k in ("m", "v"))
+        path = checkpoint.state_path(old, 2, r)
+        checkpoint.write_state(path, checkpoint.TrainState(2, m, v, None, p.loader, p.detectors, 2, r))
+        raw = bytearray(path.read_bytes())
+        version_at = len(raw) - 2 * checkpoint.DETECTOR_STRUCT.itemsize - 4
+        raw[version_at: version_at + 4] = np.int32(checkpoint.CONTIGUOUS_SHARDS_VERSION).tobytes()
+        path.write_bytes(bytes(raw))
+    _, resumed_old = run_ranks(cfgs(2, old, max_steps=4, resume=1))
+    assert numbers(resumed_old[0]) == after_cut
     with pytest.raises(LlmcError, match="resume with the same -z"):
         run_ranks([config(data, num_processes=2, process_rank=r, output_dir=str(out), checkpoint_every=2,
                           max_steps=4, resume=1, zero_stage=0) for r in range(2)])
