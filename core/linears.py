@@ -19,6 +19,7 @@ import numpy as np
 from llmc.core.primitives import Fp8
 
 NAMES = ("qkv", "attproj", "fc", "fcproj")  # the weights' names in both families' parameters are NAME + "w"
+SCALE_ROW = 64  # fp32 elements between two layers' kept scales
 
 
 class Linears:
@@ -55,7 +56,9 @@ class Fp8Linears(Linears):
         self.kept = self.fp8 - recomputed - {"attproj"}
         self.x_t = {n: xp.zeros((L if n in self.kept else 1, C, N), u8) for n, (L, OC, C) in dims.items()
                     if n in self.fp8}  # (L or 1, C, N)
-        self.x_scale_inv = {n: xp.zeros((len(self.x_t[n]), 1), f32) for n in self.fp8}
+        # each layer's scale in a 256-byte row of its own: cuBLASLt refuses a scale pointer that is only 4-byte
+        # aligned (CUBLAS_STATUS_NOT_SUPPORTED)
+        self.x_scale_inv = {n: xp.zeros((len(self.x_t[n]), SCALE_ROW), f32) for n in self.fp8}
         widest_in = max((dims[n][2] for n in self.fp8), default=0)
         widest_out = max((dims[n][1] for n in self.fp8), default=0)
         widest_weight = max((dims[n][1] * dims[n][2] for n in self.fp8), default=0)
@@ -69,7 +72,7 @@ class Fp8Linears(Linears):
 
     def _input_t(self, name: str, l: int) -> Fp8:
         i = l if name in self.kept else 0
-        return Fp8(self.x_t[name][i], self.x_scale_inv[name][i])
+        return Fp8(self.x_t[name][i], self.x_scale_inv[name][i, :1])
 
     def _weight(self, weight, transposed: bool) -> Fp8:
         """The layer's weight (OC, C) in E4M3, or its transpose (C, OC)."""

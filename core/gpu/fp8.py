@@ -44,7 +44,7 @@ def _first_that_runs(key: tuple, ways: tuple, run: Callable) -> None:
 def _check_fp8(op: str, *tensors: Fp8) -> None:
     for t in tensors:
         check_arrays(op, np.uint8, t.data, align=16)
-        check_arrays(op, np.float32, t.scale_inv)
+        check_arrays(op, np.float32, t.scale_inv, align=16)  # cuBLASLt's scale pointers
         check(t.scale_inv.size == 1, f"{op}: scale_inv must hold one value")
 
 
