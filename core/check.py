@@ -55,13 +55,18 @@ class Tolerances:
 FP8_MARGIN = 1.5
 
 
+def fp8_gradient_bound(num_layers: int) -> float:
+    """The fraction of a gradient tensor's norm (and of its largest |element|, element by element) by which
+    FP8 may move it in a model of num_layers blocks."""
+    return FP8_MARGIN * 2 ** -3 / math.sqrt(3) * math.sqrt(num_layers)
+
+
 def fp8_tolerances(base: Tolerances, num_layers: int, logits_scale: float) -> Tolerances:
     """The FP8 check's tolerances for a model of num_layers blocks whose reference logits reach logits_scale;
     losses and norms as the family's bf16 check (base)."""
-    depth = math.sqrt(num_layers)
-    return Tolerances(logits=FP8_MARGIN * 2 ** -4 / math.sqrt(3) * depth * logits_scale, loss=base.loss,
-                      grad=dict.fromkeys(base.grad, 0.0), norm_rel=max(base.norm_rel, 0.079),
-                      grad_of_tensor=FP8_MARGIN * 2 ** -3 / math.sqrt(3) * depth)
+    return Tolerances(logits=FP8_MARGIN * 2 ** -4 / math.sqrt(3) * math.sqrt(num_layers) * logits_scale,
+                      loss=base.loss, grad=dict.fromkeys(base.grad, 0.0), norm_rel=max(base.norm_rel, 0.079),
+                      grad_of_tensor=fp8_gradient_bound(num_layers))
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def profile_llmc(model: str, B: int, T: int, fp8: int = 0) -> list[tuple[str, fl
 
     from llmc.core import families
     from llmc.core.backends import get_backend
-    from llmc.core.primitives import AdamW
+    from llmc.core.primitives import AdamW, Fp8
 
     gpu = get_backend("gpu")
     totals, counts = defaultdict(float), defaultdict(int)
@@ -132,7 +132,7 @@ def profile_llmc(model: str, B: int, T: int, fp8: int = 0) -> list[tuple[str, fl
             key = name
             if name.startswith("matmul"):
                 weight = args[2 if "forward" in name else 5 if name == "matmul_backward" else 7]
-                key = f"{name} {tuple(getattr(weight, 'data', weight).shape)}" + \
+                key = f"{name} {tuple((weight.data if isinstance(weight, Fp8) else weight).shape)}" + \
                       (" gelu" if kwargs.get("pre_gelu") is not None else "")
             start, end = cp.cuda.Event(), cp.cuda.Event()
             start.record(gpu.runtime.current().stream)

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("cupy")
 from llmc.tests.core.gpu.util import assert_close, cp, cpu, dev, gpu, graph_steps, host, rand, rng  # noqa: E402,F401
 
+from llmc.core.check import fp8_gradient_bound  # noqa: E402
 from llmc.core.config import GPTConfig  # noqa: E402
 from llmc.core.init import random_init  # noqa: E402
 from llmc.core.model import GPT  # noqa: E402
@@ -115,9 +116,10 @@ B, T = 4, 64
 
 @pytest.mark.parametrize("recompute", [0, 2])
 def test_fp8_model_matches_the_cpu_emulation(recompute):
-    """GPT-2 with -f8 1: the GPU's loss and gradients are the CPU emulation's (the GPU casts bf16
-    activations, the CPU fp32 ones: an element may round to the neighbouring FP8 value), then 6 AdamW
-    steps as a CUDA graph."""
+    """GPT-2 with -f8 1: the GPU's loss and gradients are the CPU emulation's within `llmc test -f8 1`'s
+    derived bound (the GPU casts bf16 activations, the CPU fp32 ones: elements round to the neighbouring FP8
+    value; on an H100 the gradients differed by 0.3-12% of their norm, the bound is 15%), then 6 AdamW steps
+    as a CUDA graph."""
     rng = np.random.default_rng(5)
     params = random_init(CFG).astype(gpu.act_dtype).astype(np.float32)
     x = rng.integers(0, CFG.vocab_size, (B, T)).astype(np.int32)
@@ -130,5 +132,5 @@ def test_fp8_model_matches_the_cpu_emulation(recompute):
         results[name] = graph_steps(model, 6)
     (losses_cpu, ref), (losses_gpu, got) = results["cpu"], results["gpu"]
     for name in ref:
-        assert_close(got[name], ref[name], 8e-2, f"grad {name}")
+        assert_close(got[name], ref[name], fp8_gradient_bound(CFG.num_layers), f"grad {name}")
     np.testing.assert_allclose(losses_gpu, losses_cpu, atol=2e-2)
