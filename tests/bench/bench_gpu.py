@@ -298,9 +298,9 @@ def child(args) -> None:
            "flops_per_s": tok_s * r["family"].flops_per_token(r["cfg"], args.t),
            "mem_mib": r["mem_mib"], "first_loss": r["losses"][0], "last_loss": r["losses"][-1],
            "spread_ms": (max(r["times"]) - min(r["times"])) * 1e3}
+    print(json.dumps(out), flush=True)  # before the profile: a profile that fails loses no measurement
     if args.profile and args.child in ("llmc", "llmc-fp8"):
-        out["profile"] = profile_llmc(args.e, B, args.t, fp8=int(args.child == "llmc-fp8"))
-    print(json.dumps(out))
+        print(json.dumps({"profile": profile_llmc(args.e, B, args.t, fp8=int(args.child == "llmc-fp8"))}))
 
 
 def main() -> None:
@@ -343,10 +343,13 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 print(proc.stdout, proc.stderr, file=sys.stderr)
-                results[which] = None
+            r = {}  # the child's JSON lines: the measurement, then its profile
+            for line in proc.stdout.splitlines():
+                if line.startswith("{"):
+                    r.update(json.loads(line))
+            results[which] = r if "ms" in r else None
+            if results[which] is None:
                 continue
-            results[which] = json.loads(proc.stdout.strip().splitlines()[-1])
-            r = results[which]
             r["mfu"] = r["flops_per_s"] / promised if promised > 0 else -1.0  # llm.c's -100% when unknown
             print(f"{which:9s} B={B:3d}: {r['ms']:8.2f} ms/step {r['tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
                   f"mem {r['mem_mib'] / 1024:5.2f} GiB  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
