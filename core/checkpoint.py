@@ -54,7 +54,7 @@ LOADER_SEED = 42  # llm.c's shuffle seed (+ rank)
 class TrainState:
     """Everything of a run at a step boundary that the model file does not hold."""
     step: int
-    m: np.ndarray  # (num_parameters,) fp32 AdamW first moment (-z 1: this rank's shard, for all three)
+    m: np.ndarray  # (num_parameters,) fp32 AdamW first moment (-z 1: this rank's share, for all three)
     v: np.ndarray  # (num_parameters,) fp32 second moment
     master: np.ndarray | None  # (num_parameters,) fp32 master weights, when the params are bf16
     loader: dict  # DataLoader.state(): shard, sample and, when shuffling, shard_order, sample_order, rng
