@@ -120,7 +120,10 @@ class _CudnnSdpa:
         o = self._tensor(g, "o", self.out_stride)
         do = self._tensor(g, "do", self.out_stride)
         stats = g.tensor(name="stats", dim=self.stats_dims, stride=self.stats_stride, data_type=self.f32)
-        dq, dk, dv = g.sdpa_backward(name="sdpa_backward", q=q, k=k, v=v, o=o, dO=do, stats=stats, **self._mask())
+        # deterministic, as llm.c asks for it: cuDNN's default accumulates dq in whatever order its blocks finish,
+        # so two runs (a run and its -y 1 resume) drift apart
+        dq, dk, dv = g.sdpa_backward(name="sdpa_backward", q=q, k=k, v=v, o=o, dO=do, stats=stats,
+                                     use_deterministic_algorithm=True, **self._mask())
         for t, dims in ((dq, self.dims), (dk, self.kv_dims), (dv, self.kv_dims)):
             t.set_output(True).set_dim(dims).set_stride(self.qkv_stride).set_data_type(self.io)
         g.build([cudnn.module().heur_mode.A])

@@ -201,6 +201,22 @@ def test_attention_fallback_reads_cudnn_stats(rng, monkeypatch):
     assert_close(grads[1], grads[0], GRAD_REL, "fallback vs cuDNN dqkv")
 
 
+def test_attention_backward_is_deterministic(rng):
+    """The same inputs give the same bits, call after call (a run and its -y 1 resume must not drift apart):
+    at a size where cuDNN's flash backward splits the sequence over many blocks."""
+    B, T, NH, HS = 4, 1024, 12, 64
+    C = NH * HS
+    qkv, dout = dev(rand(rng, B, T, 3 * C)), dev(rand(rng, B, T, C))
+    out, stats = cp.empty((B, T, C), gpu.act_dtype), cp.empty(gpu.attention_stats_shape(B, T, NH), cp.float32)
+    gpu.attention_forward(out, stats, qkv, NH)
+    grads = []
+    for _ in range(3):
+        dqkv = cp.empty(qkv.shape, gpu.act_dtype)
+        gpu.attention_backward(dqkv, dout, qkv, out, stats, NH)
+        grads.append(host(dqkv))
+    assert all(np.array_equal(g.view(np.uint32), grads[0].view(np.uint32)) for g in grads[1:])
+
+
 # (B, T): fewer rows than SMs, and many rows per persistent block (its double buffering); the
 # 70000 vocab is too long for two rows of shared memory (the streaming kernel trains then)
 @pytest.mark.parametrize("V,Vp,B,T", [(1000, 1024, 2, 5), (50257, 50304, 2, 5), (1000, 1024, 7, 300),
