@@ -115,15 +115,24 @@ class _CudnnSdpa:
         self.fwd, self.fwd_tensors = g, (q, k, v, o, stats)
 
     def build_backward(self) -> None:
+        """Deterministic, as llm.c asks for it: cuDNN's default accumulates dq in whatever order its blocks
+        finish, so two runs (a run and its -y 1 resume) drift apart. Where cuDNN has no deterministic kernel,
+        its default one, said once."""
+        try:
+            self._build_backward(deterministic=True)
+        except Exception as e:  # cudnn raises its own error types for unsupported graphs
+            print(f"llmc: cuDNN has no deterministic attention backward for {self.shape} ({e}); runs of this "
+                  f"shape may differ in their last bits", file=sys.stderr)
+            self._build_backward(deterministic=False)
+
+    def _build_backward(self, deterministic: bool) -> None:
         g = self._graph()
         q, k, v = self._qkv(g)
         o = self._tensor(g, "o", self.out_stride)
         do = self._tensor(g, "do", self.out_stride)
         stats = g.tensor(name="stats", dim=self.stats_dims, stride=self.stats_stride, data_type=self.f32)
-        # deterministic, as llm.c asks for it: cuDNN's default accumulates dq in whatever order its blocks finish,
-        # so two runs (a run and its -y 1 resume) drift apart
         dq, dk, dv = g.sdpa_backward(name="sdpa_backward", q=q, k=k, v=v, o=o, dO=do, stats=stats,
-                                     use_deterministic_algorithm=True, **self._mask())
+                                     use_deterministic_algorithm=deterministic, **self._mask())
         for t, dims in ((dq, self.dims), (dk, self.kv_dims), (dv, self.kv_dims)):
             t.set_output(True).set_dim(dims).set_stride(self.qkv_stride).set_data_type(self.io)
         g.build([cudnn.module().heur_mode.A])
