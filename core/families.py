@@ -5,7 +5,8 @@ an architecture. They see a model only through a Family and the objects it makes
 - the training model, written against the primitive set: forward / backward / zero_grad /
   reduce_gradients / compute_grad_norm / update, set_batch / mean_loss, `params` (flat, file order),
   `losses` (B, T), `norm_squared`, and optimizer_state / load_optimizer_state for checkpoints,
-- the KV-cache model that generation runs (core/sample.generate).
+- the KV-cache model that generation runs (core/sample.generate); on a GPU the trainer's mid-run samples
+  re-run the training model's forward instead (core/sample.ReforwardModel over Model(..., inference=True)).
 
 GPT-2 (core/model.py) and Llama 3 (core/llama.py) are the families: each a module beside the other and
 an entry in FAMILIES; nothing in the loop branches on which family it trains.
@@ -32,7 +33,7 @@ class Family:
     read_model: Callable[[str], tuple[Any, np.ndarray]]  # a model file -> (config, flat fp32 parameters)
     write_model: Callable[[str, Any, np.ndarray, str], None]  # (path, config, parameters, "fp32" | "bf16")
     Model: type  # Model(config, backend, params, B, T, recompute=, gelu_fusion=, master_weights=, group=, zero_stage=,
-    #               fp8=)
+    #               fp8=, inference=)
     KVCacheModel: type  # KVCacheModel(config, params, xp, positions)
 
 

@@ -30,11 +30,14 @@ def views(flat, shapes: dict[str, tuple[int, ...]]) -> dict:
 class FlatModel:
     """A training model's flat parameters, gradients and AdamW state on a backend, sharded over the
     processes with ZeRO-1, and the blocks' linear layers (core/linears.py); a subclass allocates its
-    activations (`acts`, with "losses" (B, T) fp32) and writes forward and backward against the primitive set."""
+    activations (`acts`, with "losses" (B, T) fp32 and "logits") and writes forward and backward against the
+    primitive set. With inference, params is a training model's flat parameters on the backend, shared rather
+    than copied, and the model keeps no gradients: a forward-only model (llm.c's sampler runs one)."""
 
     def __init__(self, cfg: Any, backend: ModuleType, params: np.ndarray, shapes: dict[str, tuple[int, ...]],
                  decayed_params: tuple[str, ...], B: int, T: int, *, recompute: int, gelu_fusion: int,
-                 master_weights: bool, group: Group | None, zero_stage: int, fp8: bool = False):
+                 master_weights: bool, group: Group | None, zero_stage: int, fp8: bool = False,
+                 inference: bool = False):
         if T > cfg.max_seq_len:
             raise LlmcError(f"-t {T} is larger than the model's max_seq_len {cfg.max_seq_len}")
         if recompute not in (0, 1, 2) or gelu_fusion not in (0, 1, 2):
@@ -54,17 +57,20 @@ class FlatModel:
         world = self.group.world
         by_rank = [llm_c_shard_pieces(shapes, world, r) for r in range(world)] if self.sharded else [None]
         self.file_pieces = by_rank if by_rank[0] is not None else None
-        self.flat_params = backend.to_device(np.pad(params, (0, self.shard.padded - n)), dt)
+        self.flat_params = params if inference else backend.to_device(np.pad(params, (0, self.shard.padded - n)), dt)
         self.params = self.flat_params[:n]  # flat, llm.c order
         self.p = views(self.params, shapes)
-        self.flat_grads = xp.zeros_like(self.flat_params)
-        self.grads = self.flat_grads[:n]
-        self.g = views(self.grads, shapes)
-        self.shard_grads = self.flat_grads[self.shard.start: self.shard.stop]
+        if inference:
+            self.flat_grads = self.grads = self.g = self.shard_grads = None
+        else:
+            self.flat_grads = xp.zeros_like(self.flat_params)
+            self.grads = self.flat_grads[:n]
+            self.g = views(self.grads, shapes)
+            self.shard_grads = self.flat_grads[self.shard.start: self.shard.stop]
         # fp32 optimizer state, allocated at the first update; master weights only when params are not fp32
         self.m = self.v = None
         self.master = backend.to_device(np.pad(params, (0, self.shard.padded - n))[self.shard.start: self.shard.stop],
-                                        np.float32) if master_weights and dt != np.float32 else None
+                                        np.float32) if master_weights and dt != np.float32 and not inference else None
         self.norm_squared = xp.zeros(1, dtype=np.float32)
         # AdamW's flat range: the tensors' part of the shard (not the padding past the last tensor)
         self.update_range = (self.pieces[0][2], self.pieces[-1][3]) if self.pieces else (self.shard.start,) * 2
@@ -209,6 +215,11 @@ class FlatModel:
     def losses(self):
         """(B, T) fp32 per-position losses of the last forward with targets."""
         return self.acts["losses"]
+
+    @property
+    def logits(self):
+        """(B, T, V or Vp) logits of the last forward without dloss (with it, they became dlogits)."""
+        return self.acts["logits"]
 
     def set_batch(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
         """Copy a (B, T) batch into the static input buffers (what a captured graph reads)."""

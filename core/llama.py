@@ -54,10 +54,10 @@ class Llama(FlatModel):
 
     def __init__(self, cfg: LlamaConfig, backend: ModuleType, params: np.ndarray, B: int, T: int,
                  recompute: int = 0, gelu_fusion: int = 2, master_weights: bool = True,
-                 group: Group | None = None, zero_stage: int = 0, fp8: bool = False):
+                 group: Group | None = None, zero_stage: int = 0, fp8: bool = False, inference: bool = False):
         super().__init__(cfg, backend, params, param_shapes(cfg), DECAYED_PARAMS, B, T, recompute=recompute,
                          gelu_fusion=gelu_fusion, master_weights=master_weights, group=group, zero_stage=zero_stage,
-                         fp8=fp8)
+                         fp8=fp8, inference=inference)
         table = rope_table(cfg.head_size, cfg.max_seq_len, cfg.rope_theta, cfg.use_scaled_rope)
         self.freqs_cis = backend.to_device(table, np.float32)  # (maxT, HS/2, 2)
         self.acts = self._allocate_activations(backend.act_dtype)

@@ -20,10 +20,10 @@ from llmc.core.flat_model import FlatModel, KVCache
 class GPT(FlatModel):
     def __init__(self, cfg: GPTConfig, backend: ModuleType, params: np.ndarray, B: int, T: int,
                  recompute: int = 0, gelu_fusion: int = 2, master_weights: bool = True,
-                 group: Group | None = None, zero_stage: int = 0, fp8: bool = False):
+                 group: Group | None = None, zero_stage: int = 0, fp8: bool = False, inference: bool = False):
         super().__init__(cfg, backend, params, param_shapes(cfg), DECAYED_PARAMS, B, T, recompute=recompute,
                          gelu_fusion=gelu_fusion, master_weights=master_weights, group=group, zero_stage=zero_stage,
-                         fp8=fp8)
+                         fp8=fp8, inference=inference)
         self.acts = self._allocate_activations(backend.act_dtype)
 
     # ------------------------------------------------------------------ buffers

@@ -1,9 +1,10 @@
-"""Text generation through a model family's KV-cache model (GPT-2's: core/model.py's KVCacheModel),
-llm.c's sampler, and streaming decode.
+"""Text generation through a model family's KV-cache model (GPT-2's: core/model.py's KVCacheModel) or,
+for a GPU trainer's mid-run samples, a re-forward of the training model (ReforwardModel); llm.c's sampler,
+and streaming decode.
 
-Each new token runs one position through the model: its query attends to the keys and values cached
-for every earlier position, so a token costs one position, not a re-forward of the whole prefix.
-Sampling is llm.c's: an xorshift coin per token (seeded 1337 for mid-training samples) and
+With the KV cache each new token runs one position through the model: its query attends to the keys and
+values cached for every earlier position, so a token costs one position, not a re-forward of the whole
+prefix. Sampling is llm.c's: an xorshift coin per token (seeded 1337 for mid-training samples) and
 sample_softmax over the first V logits.
 """
 
@@ -53,11 +54,11 @@ def max_new_tokens(cfg: Any, prompt_len: int) -> int:
     return cfg.max_seq_len - prompt_len + 1
 
 
-def generate(inference: type, cfg: Any, params, xp: ModuleType, prompt: list[int], max_new: int, rng: XorShift,
+def generate(inference: Callable, cfg: Any, params, xp: ModuleType, prompt: list[int], max_new: int, rng: XorShift,
              temperature: float = 1.0, top_k: int = 0, kv_cache: bool = True) -> Iterator[int]:
-    """Yield max_new sampled tokens after prompt (the caller stops early at EOT if it wants), from the
-    family's KV-cache model class `inference` (inference(cfg, params, xp, positions)). Without
-    kv_cache every token re-runs the whole prefix (llm.c's way; for comparison)."""
+    """Yield max_new sampled tokens after prompt (the caller stops early at EOT if it wants), from the model
+    inference(cfg, params, xp, positions) makes: the family's KV-cache model class, or a ReforwardModel maker.
+    Without kv_cache every token re-runs the whole prefix (llm.c's way; for comparison)."""
     if not prompt:
         raise LlmcError("generation needs at least one prompt token (llm.c starts from <|endoftext|>)")
     if not 0 < max_new <= max_new_tokens(cfg, len(prompt)):
@@ -78,10 +79,10 @@ def generate(inference: type, cfg: Any, params, xp: ModuleType, prompt: list[int
             logits = model.forward([token] if kv_cache else tokens)
 
 
-def sample_from_eot(inference: type, cfg: Any, params, xp: ModuleType, decoder: "Decoder", gen_tokens: int,
+def sample_from_eot(inference: Callable, cfg: Any, params, xp: ModuleType, decoder: "Decoder", gen_tokens: int,
                     out: Callable[[str], None], stream: Callable[[str], None]) -> bool:
-    """llm.c's mid-run sample: genT - 1 tokens after <|endoftext|>, xorshift seeded 1337, streamed,
-    computed in fp32 (params may be bf16). False (and why) where the model's vocab has no room for the
+    """llm.c's mid-run sample: genT - 1 tokens after <|endoftext|>, xorshift seeded 1337, streamed, from the
+    model `inference` makes (as generate's). False (and why) where the model's vocab has no room for the
     tokenizer's EOT."""
     eot = decoder.eot
     if eot >= cfg.vocab_size:
@@ -97,6 +98,40 @@ def sample_from_eot(inference: type, cfg: Any, params, xp: ModuleType, decoder: 
     stream(decoder.flush())
     out("\n---")
     return True
+
+
+class ReforwardModel:
+    """llm.c's sampler (train_gpt2.cu): each forward re-runs the training model's own forward over every
+    position so far, at batch 1 in the backend's precision (bf16 on a GPU, as llm.c), as one graph, and
+    gives the last position's logits. On a GPU a token then costs a graph launch and a read-back, where the
+    KV cache's fp32 forward launches some 50 small kernels a layer; on the CPU, whose cost is arithmetic, the
+    KV cache's one position a token wins. A KV-cache model's interface (forward appends positions, reset);
+    params: the training model's, on the backend, shared."""
+
+    def __init__(self, Model: type, backend: ModuleType, cfg: Any, params, length: int):
+        if not 0 < length <= cfg.max_seq_len:
+            raise LlmcError(f"generation needs {length} positions; the model has max_seq_len {cfg.max_seq_len}")
+        # whole tiles of 64 positions where max_seq_len allows (aligned kernels); causal attention keeps the
+        # positions past the newest token from reaching its logits
+        T = min(-(-length // 64) * 64, cfg.max_seq_len)
+        self.cfg, self.backend, self.length, self.pos = cfg, backend, length, 0
+        self.model = Model(cfg, backend, params, 1, T, master_weights=False, inference=True)
+        self.tokens = np.zeros((1, T), dtype=np.int32)
+        self.run = backend.graph(lambda: self.model.forward(with_targets=False))
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def forward(self, tokens: list[int]) -> np.ndarray:
+        """Append len(tokens) positions; the host fp32 logits (V,) of the last one."""
+        end = self.pos + len(tokens)
+        if end > self.length:
+            raise LlmcError(f"position {end - 1} is past the sampler's {self.length} positions")
+        self.tokens[0, self.pos:end] = tokens
+        self.pos = end
+        self.model.set_batch(self.tokens)
+        self.run()
+        return np.array(self.backend.to_host(self.model.logits[0, end - 1, : self.cfg.vocab_size]), dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- tokens -> text

@@ -38,7 +38,7 @@ from llmc.core.metrics import RunLog
 from llmc.core.outliers import OutlierDetector
 from llmc.core.primitives import AdamW
 from llmc.core.rundir import RunDir
-from llmc.core.sample import load_decoder, sample_from_eot
+from llmc.core.sample import ReforwardModel, load_decoder, sample_from_eot
 from llmc.core.schedules import learning_rate
 from llmc.core.train_config import TrainConfig
 
@@ -244,9 +244,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation and samples
     def sample(self) -> None:
-        """llm.c's mid-run sample from <|endoftext|>; sampling stops for the run where it cannot start."""
-        # the sampler computes in fp32 from the model's own (bf16 on the GPU) parameters, a layer at a time
-        if not sample_from_eot(self.family.KVCacheModel, self.model_cfg, self.model.params, self.backend.xp,
+        """llm.c's mid-run sample from <|endoftext|>; sampling stops for the run where it cannot start. On an
+        asynchronous backend (a GPU, where a token's cost is its kernel launches) llm.c's way: the training
+        model's forward re-run over the prefix, one graph a token; on the CPU the KV cache's fp32 forward of
+        one position a token, from the model's own parameters."""
+        def reforward(cfg, params, xp, positions):  # generate's maker of the model it samples from
+            return ReforwardModel(self.family.Model, self.backend, cfg, params, positions)
+
+        inference = reforward if self.backend.asynchronous else self.family.KVCacheModel
+        if not sample_from_eot(inference, self.model_cfg, self.model.params, self.backend.xp,
                                self.decoder, self.cfg.gen_tokens, self.out, self.stream):
             self.sample_every = 0
 

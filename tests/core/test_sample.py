@@ -12,7 +12,7 @@ from llmc.core.init import random_init
 from llmc.core.model import GPT
 from llmc.core.rand import XorShift
 from llmc.core.model import KVCacheModel
-from llmc.core.sample import Decoder, generate, next_token, sample_softmax
+from llmc.core.sample import Decoder, ReforwardModel, generate, next_token, sample_softmax
 
 CFG = GPTConfig(max_seq_len=32, vocab_size=101, padded_vocab_size=128, num_layers=2, num_heads=2, channels=32)
 
@@ -65,6 +65,33 @@ def test_generated_tokens_match_full_forward_sampling(params):
     assert list(generate(KVCacheModel, CFG, params, np, prompt, n, XorShift(7), kv_cache=False)) == tokens
     assert list(generate(KVCacheModel, CFG, params, np, prompt, n, XorShift(7))) == tokens  # reproducible
     assert list(generate(KVCacheModel, CFG, params, np, prompt, n, XorShift(8))) != tokens
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama3"])
+def test_reforward_model_samples_as_the_kv_cache(family):
+    """The GPU trainer's sampler (the training model's forward over the prefix, at batch 1, sharing the training
+    model's parameters) draws the KV cache's tokens from the same fp32 parameters; 64-position tiles cut to
+    max_seq_len, and no gradients kept."""
+    from llmc.core import families
+    fam, cfg, params = families.load("d2:c32:h2:t48:v101" if family == "gpt2" else "llama3:d2:c32:h4:kv2:t48:v101:m16",
+                                     seed=3)
+    params *= 4
+    trained = fam.Model(cfg, cpu, params, 2, 16)
+    prompt, n = [5, 17, 99], 40
+    want = list(generate(fam.KVCacheModel, cfg, params, np, prompt, n, XorShift(7)))
+
+    def reforward(cfg, p, xp, positions):
+        model = ReforwardModel(fam.Model, cpu, cfg, p, positions)
+        assert model.model.T == cfg.max_seq_len and model.model.g is None
+        assert np.shares_memory(model.model.params, trained.params)
+        return model
+
+    for kv_cache in (True, False):
+        got = list(generate(reforward, cfg, trained.params, np, prompt, n, XorShift(7), kv_cache=kv_cache))
+        assert got == want
+    with pytest.raises(LlmcError, match="past the sampler"):
+        model = ReforwardModel(fam.Model, cpu, cfg, trained.params, 4)
+        model.forward([1, 2, 3, 4, 5])
 
 
 def test_generation_limits(params):

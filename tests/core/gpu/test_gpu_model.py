@@ -61,3 +61,24 @@ def test_samples_from_the_gpu_trainers_bf16_parameters(family):
     draws = [list(generate(fam.KVCacheModel, cfg, p, xp, [0], 20, XorShift(1337)))
              for p, xp in ((model.params, gpu.xp), (widened, np))]
     assert draws[0] == draws[1]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama3"])
+def test_reforward_sampler_on_the_gpu(family):
+    """train-gpu's mid-run sampler (llm.c's way: the training model's bf16 forward re-run over the prefix at
+    batch 1, one CUDA graph a token, sharing the trainer's parameters): its logits are the fp32 KV cache's on
+    the same bf16 values within bf16's rounding, position after position, through the graph's replays."""
+    from llmc.core import families
+    from llmc.core.sample import ReforwardModel
+
+    descriptor = "d2:c64:h4:t128:v300" if family == "gpt2" else "llama3:d2:c64:h4:kv2:t128:v300:m16"
+    fam, cfg, params = families.load(descriptor, seed=3)
+    trainer = fam.Model(cfg, gpu, params, 2, 64)
+    widened = gpu.to_host(trainer.params)
+    tokens = [1, 5, 9, 2, 7, 7, 3]
+    sampler = ReforwardModel(fam.Model, gpu, cfg, trainer.params, 70)
+    assert sampler.model.T == 128 and sampler.model.g is None
+    reference = fam.KVCacheModel(cfg, widened, np, 70)
+    for t in tokens:  # the first call eager, the second captures, the rest replay
+        got, want = sampler.forward([t]), reference.forward([t])
+        assert_close(got, want, 2e-2, f"logits at position {sampler.pos - 1}")
