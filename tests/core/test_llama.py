@@ -307,6 +307,31 @@ def test_two_ranks_with_zero_1_train_as_one_process(data):
         np.testing.assert_allclose(t.model.params, single.model.params, rtol=1e-3, atol=1e-4)
 
 
+def test_two_ranks_with_zero_1_checkpoint_llm_c_shares_and_resume(data, tmp_path):
+    """Llama's -z 1 state files hold llm.c's per-tensor shares (its 16-tensor file table, as GPT-2's) and resume
+    exactly."""
+    from llmc.core import checkpoint, families
+    from llmc.tests.core.test_distributed import config as rank_config, llm_c_assemble, numbers, run_ranks
+
+    kw = dict(model=DESCRIPTOR, train_data=str(data / "train_0.bin"), val_data=str(data / "val.bin"),
+              zero_stage=1, checkpoint_every=2, num_processes=2)
+    _, straight = run_ranks([rank_config(data, process_rank=r, output_dir=str(tmp_path / "a"), **kw) for r in range(2)])
+    ranks, _ = run_ranks([rank_config(data, process_rank=r, output_dir=str(tmp_path / "b"), max_steps=2, **kw)
+                          for r in range(2)])
+    _, cfg, _ = families.load(DESCRIPTOR)
+    shapes = param_shapes(cfg)
+    n = ranks[0].model.params.size
+    shares = [checkpoint.read_state(checkpoint.state_path(tmp_path / "b", 2, r), n // 2) for r in range(2)]
+    full_m = llm_c_assemble([s.m for s in shares], shapes)
+    for r, t in enumerate(ranks):  # each rank's contiguous shard of the whole m, as llm.c's shares assemble it
+        np.testing.assert_array_equal(t.model.m[: t.model.update_range[1] - t.model.shard.start],
+                                      full_m[t.model.shard.start: t.model.update_range[1]])
+    _, resumed = run_ranks([rank_config(data, process_rank=r, output_dir=str(tmp_path / "b"), resume=1, **kw)
+                            for r in range(2)])
+    assert numbers(resumed[0]) == numbers([ln for ln in straight[0]
+                                           if not ln.startswith(("step    1", "step    2"))])[1:]
+
+
 @pytest.mark.parametrize("case", [0, 4, 5], ids=[IDS[0], IDS[4], IDS[5]])
 def test_kv_cache_logits_equal_the_full_forward(case):
     cfg, _, T, _ = CASES[case]
