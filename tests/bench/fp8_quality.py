@@ -1,6 +1,7 @@
 """FP8's training quality against bf16 (make bench-gpu-fp8-quality): the same train-gpu run three times on
 the Shakespeare shards, bf16 (-f8 0), -f8 1, and -f8 1 -w 0 (no master weights), then every 50th step's train
-loss and every evaluation's val loss side by side, with the largest differences from bf16.
+loss, the mean train loss of the 50 steps up to it (one batch's loss is noisy from run to run; their mean much
+less) and every evaluation's val loss side by side, with the largest differences from bf16.
 
 Default: d12, T=1024, B=16, 600 steps with the shape of llm.c's GPT-2 124M schedule (lr 6e-4, warm-up 700 of
 18865 steps scaled to 22 of 600, cosine to 0, weight decay 0.1), val loss every 50 steps over 20 batches.
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 TRAIN_LOSS = re.compile(r"^s:(\d+) trl:(\S+)")
 VAL_LOSS = re.compile(r"^s:(\d+) tel:(\S+)")
@@ -51,26 +54,30 @@ def main() -> None:
                 sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
             logs[name] = (losses(out / "main.log", TRAIN_LOSS), losses(out / "main.log", VAL_LOSS))
     names = [name for name, _ in runs]
+    # a step's train loss is one batch's, noisy from run to run; the mean of the `every` steps up to it is not
+    windows = {n: {step: float(np.mean([logs[n][0][s] for s in range(step - args.every + 1, step + 1)]))
+                   for step in logs[n][0] if step >= args.every and step % args.every == 0
+                   and all(s in logs[n][0] for s in range(step - args.every + 1, step + 1))} for n in names}
+    columns = {"train": {n: logs[n][0] for n in names}, f"train mean of {args.every}": windows,
+               "val": {n: logs[n][1] for n in names}}
     print(f"{args.e}, B={args.b}, T={args.t}, {args.steps} steps")
-    print("| step | " + " | ".join(f"train {n}" for n in names) + " | " + " | ".join(f"val {n}" for n in names) + " |")
-    print("|---" * (1 + 2 * len(names)) + "|")
-    base_train, base_val = logs["-f8 0"]
-    worst = {n: [0.0, 0.0] for n in names[1:]}
-    for step in sorted(set(base_train) | set(base_val)):
-        if step % args.every and step not in base_val:
+    print("| step | " + " | ".join(f"{kind} {n}" for kind in columns for n in names) + " |")
+    print("|---" * (1 + len(columns) * len(names)) + "|")
+    worst = {(kind, n): 0.0 for kind in columns for n in names[1:]}
+    for step in sorted(set(logs["-f8 0"][0]) | set(logs["-f8 0"][1])):
+        if step % args.every and step not in logs["-f8 0"][1]:
             continue
         cells = []
-        for kind, i in (("train", 0), ("val", 1)):
+        for kind, by_run in columns.items():
+            ref = by_run["-f8 0"].get(step)
             for n in names:
-                value = logs[n][i].get(step)
+                value = by_run[n].get(step)
                 cells.append("-" if value is None else f"{value:.4f}")
-                ref = (base_train if i == 0 else base_val).get(step)
-                if n != "-f8 0" and value is not None and ref is not None and (i == 1 or step % args.every == 0):
-                    worst[n][i] = max(worst[n][i], abs(value - ref))
+                if n != "-f8 0" and value is not None and ref is not None:
+                    worst[kind, n] = max(worst[kind, n], abs(value - ref))
         print(f"| {step} | " + " | ".join(cells) + " |")
-    for n, (train, val) in worst.items():
-        print(f"{n}: largest difference from -f8 0: train {train:.4f} (every {args.every}th step), val {val:.4f}")
-
+    for n in names[1:]:
+        print(f"{n}: largest difference from -f8 0: " + ", ".join(f"{kind} {worst[kind, n]:.4f}" for kind in columns))
 
 if __name__ == "__main__":
     main()
