@@ -1,7 +1,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: install test test-gpu demo bench bench-cpu bench-gpu bench-gpu-llama bench-gpu-fp8-quality bench-multigpu clean
+.PHONY: install test test-gpu demo bench bench-cpu bench-gpu bench-gpu-start bench-gpu-llama bench-gpu-fp8-quality bench-multigpu clean
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -35,6 +35,10 @@ bench-gpu:
 	$(BENCH_GPU) -e d12 -b 16 64 $(WITH_FP8)
 	$(BENCH_GPU) -e d24 -b 16
 	$(BENCH_GPU) -e d48 -b 8 -r 1 $(WITH_FP8)
+
+# a warm start: the whole process of `train-gpu -e d12 -b 16 -t 1024 -x 2` (llm.c's too with LLM_C=path)
+bench-gpu-start:
+	$(PYTHON) -m tests.bench.bench_start $(if $(LLM_C),--llm-c $(LLM_C))
 
 # Llama-3.2-1B's shape (L16, C2048, 32 heads, 8 KV heads, SwiGLU 8192, V 128256) at T=2048
 bench-gpu-llama:
