@@ -354,8 +354,17 @@ def main() -> None:
             print(f"{which:9s} B={B:3d}: {r['ms']:8.2f} ms/step {r['tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
                   f"mem {r['mem_mib'] / 1024:5.2f} GiB  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
                   f"(mean {r['mean_ms']:.2f} ms, spread {r['spread_ms']:.2f} ms)", flush=True)
-            for key, ms, n in r.get("profile", []):
+            profile = r.get("profile", [])
+            for key, ms, n in profile:
                 print(f"      {ms:8.3f} ms  {n:4d}x  {key}")
+            if profile:  # the same time by primitive (every shape of a matmul together), and in all
+                by_primitive = defaultdict(float)
+                for key, ms, _ in profile:
+                    by_primitive[key.split()[0]] += ms
+                total = sum(by_primitive.values())
+                print("      by primitive: " + ", ".join(f"{name} {ms:.2f} ms ({100 * ms / total:.0f}%)" for name, ms
+                                                          in sorted(by_primitive.items(), key=lambda kv: -kv[1]))
+                      + f"; {total:.2f} ms in all")
         rows.append((B, results))
     print(f"\n{args.e}, T={args.t}, -r {args.r} (PyTorch: no recompute), {device}; "
           f"median of {args.steps} steps after {args.warmup}")
