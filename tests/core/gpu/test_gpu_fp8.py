@@ -11,7 +11,6 @@ from llmc.tests.core.gpu.util import assert_close, cp, cpu, dev, gpu, graph_step
 from llmc.core.check import fp8_gradient_bound  # noqa: E402
 from llmc.core.config import GPTConfig  # noqa: E402
 from llmc.core.init import random_init  # noqa: E402
-from llmc.core.model import GPT  # noqa: E402
 from llmc.core.primitives import Fp8  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -114,23 +113,30 @@ CFG = GPTConfig(max_seq_len=64, vocab_size=200, padded_vocab_size=256, num_layer
 B, T = 4, 64
 
 
-@pytest.mark.parametrize("recompute", [0, 2])
-def test_fp8_model_matches_the_cpu_emulation(recompute):
-    """GPT-2 with -f8 1: the GPU's loss and gradients are the CPU emulation's within `llmc test -f8 1`'s
-    derived bound (the GPU casts bf16 activations, the CPU fp32 ones: elements round to the neighbouring FP8
-    value; on an H100 the gradients differed by 0.3-12% of their norm, the bound is 15%), then 6 AdamW steps
-    as a CUDA graph."""
+@pytest.mark.parametrize("family,recompute", [("gpt2", 0), ("gpt2", 2), ("llama3", 0)])
+def test_fp8_model_matches_the_cpu_emulation(family, recompute):
+    """GPT-2 and Llama 3 with -f8 1: the GPU's loss and gradients are the CPU emulation's within `llmc test
+    -f8 1`'s derived bound (the GPU casts bf16 activations, the CPU fp32 ones: elements round to the
+    neighbouring FP8 value; on an H100 GPT-2's gradients differed by 0.3-12% of their norm, the bound is 15%),
+    then 6 AdamW steps as a CUDA graph."""
+    from llmc.core import families
+
     rng = np.random.default_rng(5)
-    params = random_init(CFG).astype(gpu.act_dtype).astype(np.float32)
-    x = rng.integers(0, CFG.vocab_size, (B, T)).astype(np.int32)
-    y = rng.integers(0, CFG.vocab_size, (B, T)).astype(np.int32)
-    models = {name: GPT(CFG, backend, params, B, T, recompute=recompute, fp8=True)
+    if family == "gpt2":
+        fam, cfg, params = families.gpt2(), CFG, random_init(CFG)
+    else:
+        fam, cfg, params = families.load("llama3:d2:c128:h4:kv2:t64:v200:m32", seed=5)
+    params = params.astype(gpu.act_dtype).astype(np.float32)
+    x = rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
+    y = rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
+    models = {name: fam.Model(cfg, backend, params, B, T, recompute=recompute, fp8=True)
               for name, backend in (("cpu", cpu), ("gpu", gpu))}
+    assert models["gpu"].linears.fp8 == {"qkv", "attproj", "fc", "fcproj"}  # every layer in FP8
     results = {}
     for name, model in models.items():
         model.set_batch(x, y)
         results[name] = graph_steps(model, 6)
     (losses_cpu, ref), (losses_gpu, got) = results["cpu"], results["gpu"]
     for name in ref:
-        assert_close(got[name], ref[name], fp8_gradient_bound(CFG.num_layers), f"grad {name}")
+        assert_close(got[name], ref[name], fp8_gradient_bound(cfg.num_layers), f"grad {name}")
     np.testing.assert_allclose(losses_gpu, losses_cpu, atol=2e-2)
