@@ -37,8 +37,9 @@ class MT19937:
         """normal(out.size) written into the float32 array out, in place. The stream is drawn in order in
         chunks while a thread pool turns earlier chunks into normals (NumPy's math releases the GIL), so
         a billion parameters take seconds, not minutes."""
-        flat = out.view()
-        flat.shape = (-1,)  # raises rather than fill a copy when out is not contiguous
+        if not out.flags.c_contiguous:  # a reshape would fill a copy
+            raise ValueError("normal_fill needs a contiguous array")
+        flat = out.reshape(-1)
         n = flat.size
         if n < 16:
             flat[...] = self._normal_small(n, mean, std)

@@ -214,5 +214,5 @@ def test_normal_fill_is_normal_in_place(n):
     assert a.normal_fill(out, 0.5, 0.02) is out
     np.testing.assert_array_equal(out, b.normal(n, 0.5, 0.02))
     assert a.randint32(4).tolist() == b.randint32(4).tolist()  # both streams moved alike
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValueError, match="contiguous"):
         a.normal_fill(np.zeros((4, 8), dtype=np.float32)[:, :4])
