@@ -68,12 +68,24 @@ def load(model: str, seed: int = 42) -> tuple[Family, Any, np.ndarray]:
             expected = " or ".join(str(f.model_magic) for f in families)
             raise LlmcError(f"{model}: bad magic {magic} (expected {expected}): not a model checkpoint file")
         return family, *family.read_model(model)
+    family, cfg = _from_descriptor(model, families)
+    return family, cfg, family.random_init(cfg, seed)
+
+
+def load_config(model: str) -> tuple[Family, Any]:
+    """`-e`'s family and config alone: a descriptor's random init is not drawn (a model file is read whole)."""
+    if model.endswith(".bin"):
+        family, cfg, _ = load(model)
+        return family, cfg
+    return _from_descriptor(model, [make() for make in FAMILIES.values()])
+
+
+def _from_descriptor(model: str, families: list[Family]) -> tuple[Family, Any]:
+    """The family whose descriptor syntax `model` is, and its config."""
     errors = []
     for family in families:
         try:
-            cfg = family.config_from_descriptor(model)
+            return family, family.config_from_descriptor(model)
         except LlmcError as e:
             errors.append(str(e))
-            continue
-        return family, cfg, family.random_init(cfg, seed)
     raise LlmcError("; ".join(errors))

@@ -64,7 +64,7 @@ def random_shards(folder: str, model: str, B: int, T: int, steps: int) -> tuple:
     from llmc.core import families
     from llmc.core.formats import write_shard
 
-    family, cfg, _ = families.load(model)
+    family, cfg = families.load_config(model)  # the trainer draws the random init itself
     rng = np.random.default_rng(0)
     for split, n in (("train", B * T * steps + 1), ("val", B * T + 1)):
         write_shard(f"{folder}/{split}.bin", rng.integers(0, cfg.vocab_size, n),
