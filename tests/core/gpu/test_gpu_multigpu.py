@@ -1,10 +1,12 @@
 """Data parallel `llmc train-gpu` over NCCL, each rank its own process (-pi fs): 2 GPUs with -z 1
 against one GPU with the same total batch (losses within bf16 noise, each rank's optimizer state half
-of one GPU's), and -pn 1 against the plain single-GPU path (identical losses)."""
+of one GPU's), a killed rank stopping the other, an exact resume of both, and -pn 1 against the plain
+single-GPU path (identical losses)."""
 
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +77,45 @@ def test_one_process_group_is_the_single_gpu_path(data, tmp_path):
     (plain,) = launch([args(data, tmp_path / "plain", 8)])
     (pn1,) = launch([args(data, tmp_path / "pn1", 8, "-pn", 1, "-pr", 0, "-pi", "tcp", "-z", 1)])
     np.testing.assert_array_equal(losses(pn1), losses(plain))
+
+
+@pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
+def test_a_killed_rank_stops_the_other_within_a_minute(data, tmp_path):
+    """Rank 1 killed in the middle of the run: rank 0, waiting in NCCL for it, exits non-zero with one line
+    within --rank-timeout (here 5 s), not never."""
+    commands = [args(data, tmp_path / "run", 4, "-pn", 2, "-pr", r, "-pi", "fs", "-pf", tmp_path, "-z", 1, "-x", 100000,
+                     "-v", 0, "-n", 0, "--rank-timeout", 5) for r in range(2)]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
+    try:
+        for line in procs[0].stdout:  # rank 0's step lines: kill rank 1 once the run is well under way
+            if (m := STEP.match(line)) and int(m[1]) >= 50:
+                break
+        procs[1].kill()
+        killed = time.monotonic()
+        rest = procs[0].communicate(timeout=60)[0]
+        stopped = time.monotonic()
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode not in (0, None)
+    assert stopped - killed < 60
+    errors = [ln for ln in rest.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "rank-timeout" in errors[0], rest[-2000:]
+
+
+@pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
+def test_two_ranks_resume_exactly(data, tmp_path):
+    """Two ranks with -z 1 checkpointed at step 5 and cut there resume to the run they were cut from: rank 0's
+    main.log and the last model file byte for byte."""
+    def run(*extra) -> None:
+        launch([args(data, tmp_path / "run", 4, "-pn", 2, "-pr", r, "-pi", "fs", "-pf", tmp_path, "-z", 1, "-n", 5,
+                     *extra) for r in range(2)])
+
+    out = tmp_path / "run"
+    run()
+    log, model = (out / "main.log").read_bytes(), (out / "model_00000010.bin").read_bytes()
+    for name in ("DONE_00000010", "model_00000010.bin", "state_00000010_00000.bin", "state_00000010_00001.bin"):
+        (out / name).unlink()
+    run("-y", 1)
+    assert (out / "main.log").read_bytes() == log
+    assert (out / "model_00000010.bin").read_bytes() == model
