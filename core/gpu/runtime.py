@@ -11,12 +11,12 @@ still waits for it (and the other way round) instead of racing.
 import functools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from llmc.core.errors import LlmcError
+from llmc.core.gpu import sources
 from llmc.core.mfu import promised_bf16_flops
 
 try:
@@ -31,7 +31,6 @@ except ImportError as e:
     raise LlmcError("ml_dtypes (CuPy's bfloat16 dtype) is not installed: pip install ml_dtypes") from e
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-KERNELS = Path(__file__).parent / "kernels"
 
 
 @dataclass(frozen=True)
@@ -163,23 +162,9 @@ def time_ms(run: Callable[[], None], runs: int, on: "cp.cuda.Stream | None" = No
 
 # ----------------------------------------------------------------------------- kernels
 
-def _source(path: Path) -> str:
-    """The file's text with its local `#include "x.cuh"` inlined (CuPy's compile cache keys on the
-    source text, so an edited header must change it) and `#line` markers keeping error positions."""
-    out = [f'#line 1 "{path}"']
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        match = re.match(r'\s*#include\s+"([^"]+)"', line)
-        if match:
-            out.append(_source(KERNELS / match.group(1)))
-            out.append(f'#line {number + 1} "{path}"')
-        else:
-            out.append(line)
-    return "\n".join(out)
-
-
 @functools.cache
 def _module(name: str, pack: int) -> "cp.RawModule":
-    return cp.RawModule(code=_source(KERNELS / f"{name}.cu"), options=("-std=c++17", f"-DPACK={pack}"))
+    return cp.RawModule(code=sources.source(name), options=sources.options(pack))
 
 
 @functools.cache
@@ -204,7 +189,7 @@ def launch(file: str, name: str, grid: int | tuple, block: int | tuple, args: tu
 @functools.cache
 def kernel_parameters(file: str, name: str) -> tuple[str, ...]:
     """The parameter names of kernel `name` in kernels/<file>.cu, in order, read from its signature."""
-    signature = re.search(rf'extern "C" __global__ void {name}\(([^)]*)\)', (KERNELS / f"{file}.cu").read_text())
+    signature = re.search(rf'extern "C" __global__ void {name}\(([^)]*)\)', (sources.KERNELS / f"{file}.cu").read_text())
     check(signature is not None, f"{file}.cu has no kernel {name}")
     return tuple(re.findall(r"(\w+)\s*(?:,|$)", signature.group(1).strip()))
 
