@@ -44,7 +44,12 @@ class Fp8Linears(Linears):
     """The linear layers in FP8. Kept across the step: each kept layer input transposed (C, N) with its scale;
     one layer at a time: the forward's input and weight, the backward's gradient and its transpose, and the
     weight transposed. Weights are cast as each layer runs (a per-layer copy of every weight and its transpose
-    would outweigh what FP8 saves on activations at GPT-2 1.5B)."""
+    would outweigh what FP8 saves on activations at GPT-2 1.5B).
+
+    GPT-2's GELU between fc and fcproj moves into fcproj's cast where both are FP8: fc's GEMM writes only the
+    product before the GELU (its bias epilogue, where cuBLASLt's GELU epilogue is the slower one), and fcproj
+    casts the GELU of it, taken in fp32 as the cast reads it; the GELU's bf16 output, which nothing else reads,
+    is never written."""
 
     def __init__(self, backend: ModuleType, shapes: dict[str, tuple[int, ...]], N: int, recompute: int):
         super().__init__(backend)
@@ -66,6 +71,7 @@ class Fp8Linears(Linears):
         self.d8, self.d8_t = xp.zeros(N * widest_out, u8), xp.zeros(N * widest_out, u8)
         self.w8, self.w_scale_inv = xp.zeros(widest_weight, u8), xp.zeros(1, f32)  # (OC, C) or (C, OC)
         self.d8_scale_inv = xp.zeros(1, f32)
+        self.gelu_of: tuple[int, object] | None = None  # (layer, fc's output before the GELU) for fcproj's cast
 
     def keeps_input(self, name: str) -> bool:
         return name in self.kept
@@ -86,9 +92,14 @@ class Fp8Linears(Linears):
             return super().forward(name, l, out, inp, weight, bias, pre_gelu, residual)
         C = inp.shape[-1]
         x8 = self.x8[: inp.size].reshape(-1, C)
+        # fcproj's input is the GELU of what fc left in pre_gelu (see the class docstring)
+        gelu = name == "fcproj" and self.gelu_of is not None and self.gelu_of[0] == l
+        source, self.gelu_of = (self.gelu_of[1] if gelu else inp), None
         # the transpose is kept for the backward's weight gradient; an input not kept is cast again there
         x_t = self._input_t(name, l)
-        self.ops.quantize_fp8(x8, x_t.data if name in self.kept else None, x_t.scale_inv, inp)
+        self.ops.quantize_fp8(x8, x_t.data if name in self.kept else None, x_t.scale_inv, source, gelu=gelu)
+        if name == "fc" and pre_gelu is not None and "fcproj" in self.fp8:
+            out, pre_gelu, self.gelu_of = pre_gelu, None, (l, pre_gelu)
         self.ops.matmul_forward_fp8(out, Fp8(x8, x_t.scale_inv), self._weight(weight, transposed=False), bias,
                                     pre_gelu=pre_gelu, residual=residual)
 

@@ -124,11 +124,12 @@ class Primitives(Protocol):
         the gradient with respect to pre_gelu."""
 
     def quantize_fp8(self, out: Array | None, out_t: Array | None, scale_inv: Array, inp: Array,
-                     e5m2: bool = False) -> None:
-        """Per-tensor current scaling of inp (R, K) (torchao's tensorwise recipe): scale = FMT_MAX /
-        max(amax(inp), AMAX_FLOOR) in fp32, out (R, K) uint8 = fp8(inp * scale) and out_t (K, R) its transpose
+                     e5m2: bool = False, gelu: bool = False) -> None:
+        """Per-tensor current scaling of x = inp (R, K) (torchao's tensorwise recipe): scale = FMT_MAX /
+        max(amax(x), AMAX_FLOOR) in fp32, out (R, K) uint8 = fp8(x * scale) and out_t (K, R) its transpose
         (either may be None), E4M3 or, with e5m2, E5M2, rounded to nearest even and saturated to +-FMT_MAX;
-        scale_inv (1,) fp32 = 1 / scale."""
+        scale_inv (1,) fp32 = 1 / scale. With gelu (E4M3), x = gelu_forward's GELU of inp, taken in fp32 as
+        it is cast: the fc layer's output before its GELU becomes fcproj's input with no bf16 copy between."""
 
     def matmul_forward_fp8(self, out: Array, inp: Fp8, weight: Fp8, bias: Array | None,
                            pre_gelu: Array | None = None, residual: Array | None = None) -> None:

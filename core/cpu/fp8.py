@@ -12,9 +12,13 @@ from llmc.core.primitives import AMAX_FLOOR, E4M3_MAX, E5M2_MAX, Fp8
 FORMATS = {False: (ml_dtypes.float8_e4m3fn, E4M3_MAX), True: (ml_dtypes.float8_e5m2, E5M2_MAX)}
 
 
-def quantize_fp8(out, out_t, scale_inv, inp, e5m2=False):
+def quantize_fp8(out, out_t, scale_inv, inp, e5m2=False, gelu=False):
     fmt, fmt_max = FORMATS[e5m2]
     x = rows(inp).astype(np.float32, copy=False)
+    if gelu:
+        x_gelu = np.empty_like(x)
+        gelu_forward(x_gelu, x)
+        x = x_gelu
     # NaN is passed over, as the GPU's fmaxf does (it still reaches the FP8 data, and the loss)
     amax = np.float32(max(float(np.fmax.reduce(np.abs(x), axis=None, initial=0.0)), AMAX_FLOOR))
     scale = np.float32(fmt_max) / amax

@@ -48,9 +48,9 @@ def _check_fp8(op: str, *tensors: Fp8) -> None:
         check(t.scale_inv.size == 1, f"{op}: scale_inv must hold one value")
 
 
-def quantize_fp8(out, out_t, scale_inv, inp, e5m2=False) -> None:
-    """out (R, K) and/or out_t (K, R) = FP8 bits of inp * scale, scale = FMT_MAX / amax(inp); scale_inv = 1/scale.
-    R and K multiples of 8, 16-byte aligned arrays."""
+def quantize_fp8(out, out_t, scale_inv, inp, e5m2=False, gelu=False) -> None:
+    """out (R, K) and/or out_t (K, R) = FP8 bits of x * scale, scale = FMT_MAX / amax(x), x = inp or (gelu, E4M3)
+    its GELU; scale_inv = 1/scale. R and K multiples of 8, 16-byte aligned arrays."""
     check_arrays("quantize_fp8", BF16, inp, align=16)
     check_arrays("quantize_fp8", np.uint8, out, out_t, align=16)
     check_arrays("quantize_fp8", np.float32, scale_inv)
@@ -58,12 +58,15 @@ def quantize_fp8(out, out_t, scale_inv, inp, e5m2=False) -> None:
     check(R % 8 == 0 and K % 8 == 0, f"quantize_fp8: ({R}, {K}) must be multiples of 8")
     check(out is None or out.size == R * K, f"quantize_fp8: out must hold {R}x{K}")
     check(out_t is None or rows(out_t) == (K, R), f"quantize_fp8: out_t must be ({K}, {R})")
+    check(not (gelu and e5m2), "quantize_fp8: a GELU's output is a forward operand, E4M3")
     settle(reads=(inp,), writes=(out, out_t, scale_inv))
     packs = R * K // 8
     parts = max(1, min(cdiv(packs, AMAX_THREADS), 2 * current().sms))
     partial = scratch("fp8_amax", parts * 4)
-    launch("fp8", "amax_partial", parts, AMAX_THREADS, (partial, inp, np.int64(packs)))
-    launch("fp8", "cast_transpose_e5m2" if e5m2 else "cast_transpose_e4m3", (cdiv(K, TILE), cdiv(R, TILE)), 256,
+    launch("fp8", "amax_partial_gelu" if gelu else "amax_partial_plain", parts, AMAX_THREADS,
+           (partial, inp, np.int64(packs)))
+    cast = "cast_transpose_e5m2" if e5m2 else "cast_transpose_e4m3_gelu" if gelu else "cast_transpose_e4m3"
+    launch("fp8", cast, (cdiv(K, TILE), cdiv(R, TILE)), 256,
            (ptr(out), ptr(out_t), scale_inv, inp, partial, np.int32(parts), np.int32(R), np.int32(K)))
 
 

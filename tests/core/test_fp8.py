@@ -46,6 +46,21 @@ def test_quantize_an_all_zero_tensor_and_one_layout_alone():
     assert not out_t.any() and np.isfinite(scale_inv).all()
 
 
+def test_quantize_the_gelu_of_a_tensor(rng):
+    """fcproj's cast of fc's output before its GELU: the GELU's values, scaled by their own amax."""
+    pre = (rng.standard_normal((32, 64)) * 2).astype(np.float32)
+    pre[1, 2] = -9.0  # a large negative input: its GELU is ~0, not the amax
+    want, got = [np.zeros((32, 64), np.uint8) for _ in range(2)], [np.zeros((64, 32), np.uint8) for _ in range(2)]
+    scales = [np.zeros(1, np.float32) for _ in range(2)]
+    gelu = np.empty_like(pre)
+    cpu.gelu_forward(gelu, pre)
+    cpu.quantize_fp8(want[0], got[0], scales[0], gelu)
+    cpu.quantize_fp8(want[1], got[1], scales[1], pre, gelu=True)
+    np.testing.assert_array_equal(want[1], want[0])
+    np.testing.assert_array_equal(got[1], got[0])
+    assert scales[1][0] == scales[0][0] == np.float32(np.abs(gelu).max() / E4M3_MAX)
+
+
 def quantized(x: np.ndarray, e5m2: bool = False, transposed: bool = False) -> Fp8:
     out, s = np.zeros(x.shape[::-1] if transposed else x.shape, np.uint8), np.zeros(1, np.float32)
     cpu.quantize_fp8(None if transposed else out, out if transposed else None, s, x, e5m2=e5m2)

@@ -163,6 +163,14 @@ __device__ __forceinline__ float column_sum(const float* partial, int slices, in
     return s;
 }
 
+// GPT-2's GELU, tanh approximation (core/config.py's GELU_SCALE, GELU_CUBIC): gelu.cu, and fp8.cu's cast of the
+// fc layer's output before it
+#define GELU_SCALE 0.7978845608028654f  // sqrt(2 / pi)
+#define GELU_CUBIC 0.044715f
+__device__ __forceinline__ float gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + GELU_CUBIC * x * x * x)));
+}
+
 // 32-bit integer hash (a murmur3-style finalizer over position and seed): the random bits of
 // stochastic rounding, a pure function of (index, seed) so results never depend on the launch shape
 __device__ __forceinline__ unsigned int hash_u32(unsigned int x, unsigned int seed) {

@@ -1,6 +1,6 @@
-// FP8 with per-tensor current scaling (primitives.quantize_fp8): the amax of a bf16 tensor as per-block
-// partials, then one pass over the tensor that reduces them, scales by FMT_MAX / amax and writes the FP8
-// bits row-major and/or transposed (the weight gradient's GEMM wants its operands token-major: cuBLASLt's
+// FP8 with per-tensor current scaling (primitives.quantize_fp8): the amax of a bf16 tensor (or of its GELU) as
+// per-block partials, then one pass over the tensor that reduces them, scales by FMT_MAX / amax and writes the
+// FP8 bits row-major and/or transposed (the weight gradient's GEMM wants its operands token-major: cuBLASLt's
 // FP8 kernels on Hopper take only A transposed and B not, "TN").
 #include "common.cuh"
 #include <cuda_fp8.h>
@@ -9,18 +9,31 @@
 #define TILE 64            // the cast's tile: TILE rows x TILE columns, 256 threads, 2 packs of 8 a thread
 #define TILE_PACKS (TILE / 8)
 
+// the tensor cast: x itself, or (GELU) gelu(x), the fc layer's output before its GELU (primitives.quantize_fp8)
+template <bool GELU>
+__device__ __forceinline__ float cast_input(float x) { return GELU ? gelu_tanh(x) : x; }
+
 // partial[blockIdx.x] = max |x| over the block's grid-stride share of the tensor's packs (NaN ignored, as
 // fmaxf does: a NaN still reaches the FP8 data, and the loss)
-extern "C" __global__ void amax_partial(float* partial, const bf16* inp, long packs) {
+template <bool GELU>
+__device__ __forceinline__ void amax_partial(float* partial, const bf16* inp, long packs) {
     __shared__ float shared[WARP_SIZE];
     float m = 0.0f, x[PACK];
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += (long)gridDim.x * blockDim.x) {
         load_bf16(x, inp + i * PACK);
 #pragma unroll
-        for (int k = 0; k < PACK; k++) m = fmaxf(m, fabsf(x[k]));
+        for (int k = 0; k < PACK; k++) m = fmaxf(m, fabsf(cast_input<GELU>(x[k])));
     }
     m = block_max(m, shared);
     if (threadIdx.x == 0) partial[blockIdx.x] = m;
+}
+
+extern "C" __global__ void amax_partial_plain(float* partial, const bf16* inp, long packs) {
+    amax_partial<false>(partial, inp, packs);
+}
+
+extern "C" __global__ void amax_partial_gelu(float* partial, const bf16* inp, long packs) {
+    amax_partial<true>(partial, inp, packs);
 }
 
 template <__nv_fp8_interpretation_t FMT>
@@ -29,7 +42,7 @@ __device__ __forceinline__ float fmt_max() { return FMT == __NV_E4M3 ? 448.0f : 
 // out (R, K) and/or out_t (K, R) = fp8(inp (R, K) * scale), scale = FMT_MAX / max(amax, AMAX_FLOOR) with amax
 // the max of `parts` partials; scale_inv = 1 / scale. Requires K and R multiples of 8 (whole packs of 8 bf16
 // and 8-byte stores of the transpose) and 16-byte aligned pointers. Grid (K / TILE, R / TILE) rounded up.
-template <__nv_fp8_interpretation_t FMT>
+template <__nv_fp8_interpretation_t FMT, bool GELU>
 __device__ __forceinline__ void cast_transpose(unsigned char* out, unsigned char* out_t, float* scale_inv,
                                                const bf16* inp, const float* partial, int parts, int R, int K) {
     static_assert(PACK == 8, "the cast moves packs of 8 (launched at pack 8 only)");
@@ -61,7 +74,8 @@ __device__ __forceinline__ void cast_transpose(unsigned char* out, unsigned char
         unsigned short* pairs = reinterpret_cast<unsigned short*>(&bits);
 #pragma unroll
         for (int k = 0; k < 4; k++)
-            pairs[k] = __nv_cvt_float2_to_fp8x2(make_float2(x[2 * k] * scale, x[2 * k + 1] * scale), __NV_SATFINITE, FMT);
+            pairs[k] = __nv_cvt_float2_to_fp8x2(make_float2(cast_input<GELU>(x[2 * k]) * scale,
+                                                            cast_input<GELU>(x[2 * k + 1]) * scale), __NV_SATFINITE, FMT);
         if (out) *reinterpret_cast<uint2*>(out + (long)(r0 + r) * K + c0 + c) = bits;
         if (out_t) *reinterpret_cast<uint2*>(&tile[r][c]) = bits;
     }
@@ -82,10 +96,15 @@ __device__ __forceinline__ void cast_transpose(unsigned char* out, unsigned char
 
 extern "C" __global__ void cast_transpose_e4m3(unsigned char* out, unsigned char* out_t, float* scale_inv,
                                                const bf16* inp, const float* partial, int parts, int R, int K) {
-    cast_transpose<__NV_E4M3>(out, out_t, scale_inv, inp, partial, parts, R, K);
+    cast_transpose<__NV_E4M3, false>(out, out_t, scale_inv, inp, partial, parts, R, K);
+}
+
+extern "C" __global__ void cast_transpose_e4m3_gelu(unsigned char* out, unsigned char* out_t, float* scale_inv,
+                                                    const bf16* inp, const float* partial, int parts, int R, int K) {
+    cast_transpose<__NV_E4M3, true>(out, out_t, scale_inv, inp, partial, parts, R, K);
 }
 
 extern "C" __global__ void cast_transpose_e5m2(unsigned char* out, unsigned char* out_t, float* scale_inv,
                                                const bf16* inp, const float* partial, int parts, int R, int K) {
-    cast_transpose<__NV_E5M2>(out, out_t, scale_inv, inp, partial, parts, R, K);
+    cast_transpose<__NV_E5M2, false>(out, out_t, scale_inv, inp, partial, parts, R, K);
 }

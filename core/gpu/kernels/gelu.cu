@@ -2,18 +2,13 @@
 // per thread.
 #include "common.cuh"
 
-#define GELU_SCALE 0.7978845608028654f  // sqrt(2 / pi)
-
 extern "C" __global__ void gelu_forward(bf16* out, const bf16* inp, long packs) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= packs) return;
     float x[PACK];
     load_bf16_cs(x, inp + i * PACK);
 #pragma unroll
-    for (int k = 0; k < PACK; k++) {
-        float u = GELU_SCALE * (x[k] + 0.044715f * x[k] * x[k] * x[k]);
-        x[k] = 0.5f * x[k] * (1.0f + tanhf(u));
-    }
+    for (int k = 0; k < PACK; k++) x[k] = gelu_tanh(x[k]);
     store_bf16(out + i * PACK, x);
 }
 
@@ -27,8 +22,8 @@ extern "C" __global__ void gelu_backward(bf16* dinp, const bf16* inp, const bf16
 #pragma unroll
     for (int k = 0; k < PACK; k++) {
         float x2 = x[k] * x[k];
-        float th = tanhf(GELU_SCALE * x[k] * (1.0f + 0.044715f * x2));
-        float dudx = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x2);
+        float th = tanhf(GELU_SCALE * x[k] * (1.0f + GELU_CUBIC * x2));
+        float dudx = GELU_SCALE * (1.0f + 3.0f * GELU_CUBIC * x2);
         d[k] *= 0.5f * (1.0f + th) + 0.5f * x[k] * (1.0f - th * th) * dudx;
     }
     store_bf16(dinp + i * PACK, d);

@@ -2,6 +2,7 @@
 FP8 GEMMs to fp32 rounding of the same FP8 products, and the FP8 model's loss and gradients; and each FP8
 GEMM against the unquantized product, within what E4M3 / E5M2 rounding allows."""
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -51,6 +52,21 @@ def test_quantize_writes_either_layout_alone_and_an_all_zero_tensor(rng):
     out = cp.full((64, 64), 7, cp.uint8)
     gpu.quantize_fp8(out, None, s, zeros)
     assert not host(out).any() and np.isfinite(host(s)).all()
+
+
+def test_quantize_the_gelu_of_a_tensor_as_the_cpu(rng):
+    """fcproj's cast of fc's output before its GELU, taken in fp32 on the GPU: the CPU emulation's values, each
+    within one step of E4M3 (CUDA's tanhf and NumPy's tanh may differ in their last bit), the same scale."""
+    pre = rand(rng, 256, 192, scale=2.0)
+    out, out_t, s = cp.zeros((256, 192), cp.uint8), cp.zeros((192, 256), cp.uint8), cp.zeros(1, cp.float32)
+    gpu.quantize_fp8(out, out_t, s, dev(pre), gelu=True)
+    want, want_t, want_s = np.zeros((256, 192), np.uint8), np.zeros((192, 256), np.uint8), np.zeros(1, np.float32)
+    cpu.quantize_fp8(want, want_t, want_s, pre, gelu=True)
+    np.testing.assert_allclose(host(s), want_s, rtol=1e-6)
+    assert np.array_equal(host(out_t), host(out).T)
+    got_values, want_values = (a.view(ml_dtypes.float8_e4m3fn).astype(np.float32) for a in (host(out), want))
+    assert np.all(np.abs(got_values - want_values) <= 2 ** -3 * np.abs(want_values) + 2 ** -9)
+    assert np.mean(got_values == want_values) > 0.999
 
 
 def fp8(backend, x: np.ndarray, e5m2: bool = False, transposed: bool = False) -> Fp8:
