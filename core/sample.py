@@ -131,7 +131,7 @@ class ReforwardModel:
         self.pos = end
         self.model.set_batch(self.tokens)
         self.run()
-        return np.array(self.backend.to_host(self.model.logits[0, end - 1, : self.cfg.vocab_size]), dtype=np.float32)
+        return self.backend.to_host(self.model.logits[0, end - 1, : self.cfg.vocab_size])
 
 
 # ----------------------------------------------------------------------------- tokens -> text

@@ -25,7 +25,8 @@ def to_device(host, dtype=None):
 
 
 def to_host(arr):
-    return np.asarray(arr, dtype=np.float32) if arr.dtype.kind == "f" else np.asarray(arr)
+    # a copy, as the GPU's: a caller may keep it while the model overwrites the array (a step's gradients)
+    return np.array(arr, dtype=np.float32) if arr.dtype.kind == "f" else np.array(arr)
 
 
 def synchronize():

@@ -68,6 +68,8 @@ def test_device_helpers():
     assert host[0, 0] == 0.0
     out = cpu.to_host(dev)
     assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    dev[0, 1] = 7.0  # a copy too, as the GPU's: what the model writes later does not reach it
+    assert out[0, 1] == 1.0
     assert cpu.to_host(np.arange(3, dtype=np.int32)).dtype == np.int32
     cpu.synchronize()
     calls = []

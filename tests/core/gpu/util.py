@@ -58,8 +58,7 @@ def graph_steps(model, steps: int) -> tuple[list[float], dict]:
         step()
         losses.append(model.mean_loss())
         if first_grads is None:
-            # copies: the CPU backend's to_host of an fp32 array is the array itself, which later steps overwrite
-            first_grads = {k: np.array(model.backend.to_host(v)) for k, v in model.g.items()}
+            first_grads = {k: model.backend.to_host(v) for k, v in model.g.items()}
         model.compute_grad_norm()
         norm = model.grad_norm()
         model.update(AdamW(lr=1e-3), step=i + 1, grad_scale=1.0 / max(norm, 1.0), seed=i)
