@@ -32,6 +32,14 @@ def size_name(cfg: GPTConfig) -> str:
     return f"L{cfg.num_layers}H{cfg.num_heads}C{cfg.channels}"
 
 
+def write_gpt2_tokenizer(path: str | os.PathLike) -> None:
+    """llm.c's gpt2_tokenizer.bin, from the GPT-2 ranks the package ships (no download)."""
+    from llmc.data.tokenizer import EOT, gpt2_encoding
+
+    enc = gpt2_encoding()
+    write_tokenizer(path, [enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)], EOT)
+
+
 def debug_batch(path: str | os.PathLike | None, B: int, T: int) -> np.ndarray:
     """The B*T+1 tokens of llm.c's debug batch: the start of a token shard (llm.c: tinyshakespeare val),
     or of a text file tokenized as llm.c's tinyshakespeare (EOT before every blank-line section)."""
@@ -56,8 +64,6 @@ def export_to_llmc(source: str, out_dir: str | os.PathLike, echo: Callable[[str]
                    steps: int = 10) -> list[Path]:
     """HF GPT-2 -> gpt2_SIZE.bin (fp32), gpt2_SIZE_bf16.bin, gpt2_tokenizer.bin and, with debug_state
     (and torch), gpt2_SIZE_debug_state.bin, as llm.c's train_gpt2.py writes them."""
-    from llmc.data.tokenizer import EOT, gpt2_encoding
-
     config_path, files = resolve_source(source, echo)
     if _read_json(config_path).get("model_type") == "llama":
         if debug_state or batch_input:
@@ -77,8 +83,7 @@ def export_to_llmc(source: str, out_dir: str | os.PathLike, echo: Callable[[str]
     written = [out_dir / f"gpt2_{size}.bin", out_dir / f"gpt2_{size}_bf16.bin", out_dir / "gpt2_tokenizer.bin"]
     write_model(written[0], cfg, flat, "fp32")
     write_model(written[1], cfg, flat, "bf16")
-    enc = gpt2_encoding()
-    write_tokenizer(written[2], [enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)], EOT)
+    write_gpt2_tokenizer(written[2])
     for path in written:
         echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
     if tokens is not None:

@@ -25,14 +25,11 @@ def main() -> None:
                     help="train-gpu's flags besides -i -j (after --)")
     args = ap.parse_args()
 
-    from llmc.core.formats import write_tokenizer
-    from llmc.data.tokenizer import EOT, gpt2_encoding
+    from llmc.core.export import write_gpt2_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["llmc", "prepro", "tinyshakespeare", "--builtin", "-o", tmp], check=True, capture_output=True)
-        enc = gpt2_encoding()
-        write_tokenizer(Path(tmp) / "gpt2_tokenizer.bin", [enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)],
-                        EOT)
+        write_gpt2_tokenizer(Path(tmp) / "gpt2_tokenizer.bin")
         data = ["-i", f"{tmp}/tiny_shakespeare_train.bin", "-j", f"{tmp}/tiny_shakespeare_val.bin"]
         sides = {"llmc": ["llmc", "train-gpu", *data, *args.flags]}
         if args.llm_c:
