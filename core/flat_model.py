@@ -5,6 +5,7 @@ bookkeeping of a KV cache that generation appends positions to. GPT-2 (core/mode
 (core/llama.py) subclass these with their forward and backward.
 """
 
+import functools
 import math
 from types import ModuleType
 from typing import Any
@@ -195,7 +196,7 @@ class FlatModel:
         if self.file_pieces is not None and llm_c_layout:
             to_device = self._from_file_layout
         else:
-            to_device = lambda host: self.backend.to_device(host, np.float32)  # noqa: E731
+            to_device = functools.partial(self.backend.to_device, dtype=np.float32)
         self.m, self.v = to_device(m), to_device(v)
         if self.master is not None:
             if master is None:
